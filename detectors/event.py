@@ -8,6 +8,7 @@ that reason is what the dead-letter record carries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,13 @@ EVENT_SCHEMA_VERSION = "v1"
 KINDS = ("prompt", "response", "tool_call")
 PAYLOAD_OF_KIND = {"prompt": "prompt", "response": "response", "tool_call": "tool"}
 MAX_ID_LENGTH = 256
+# RFC 3339 date-time (section 5.6); the offset is optional here so that a missing one gets
+# its own message. fromisoformat alone also takes ISO 8601 forms that are not RFC 3339
+# (week dates, basic format, missing seconds), so the shape is checked first.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+)
 
 
 class EventError(ValueError):
@@ -105,10 +113,13 @@ def _messages(value: Any) -> str | None:
 def _timestamp(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"expected an RFC 3339 timestamp string, got {_type_name(value)}"
+    not_rfc3339 = f"expected an RFC 3339 timestamp, got {value[:40]!r}"
+    if not _RFC3339.fullmatch(value):
+        return not_rfc3339
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return f"expected an RFC 3339 timestamp, got {value[:40]!r}"
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:  # the right shape but out of range: month 13, 30 February, 24:00
+        return not_rfc3339
     if parsed.tzinfo is None:
         return "timestamp needs a UTC offset or Z"
     return None
