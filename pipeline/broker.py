@@ -49,7 +49,8 @@ def tansu_binary() -> str:
         raise BrokerError(str(exc)) from exc
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """preexec_fn for children that must not outlive llmtrail (Linux: PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -96,7 +97,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
             )
         finally:
             if log is not subprocess.DEVNULL:

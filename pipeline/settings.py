@@ -81,6 +81,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _format(value: Any) -> str:
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        sep = "," if value and isinstance(value[0], Secret) else os.pathsep
+        return sep.join(_format(item) for item in value)
+    return str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every knob of llmtrail. Build with :meth:`from_env`; override with :meth:`replace`."""
@@ -231,6 +242,13 @@ class Settings:
         if not servers:
             raise SettingsError(f"LLMTRAIL_BROKER={self.broker!r}: no broker address")
         return servers
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as ``LLMTRAIL_*`` variables (secrets revealed: for child processes only)."""
+        env = {}
+        for spec in fields(self):
+            env[spec.metadata["env"]] = _format(getattr(self, spec.name))
+        return env
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(env var, current value, doc) for every setting, secrets masked."""

@@ -1,0 +1,252 @@
+"""The Faust application: two thin agents over the raw topic, built by a factory.
+
+``build_app`` creates a fresh app per call (no app object is created at import
+time). Its agents only move bytes:
+
+* ``archive`` writes every raw record to the archive store and lets Faust
+  acknowledge the batch only after the store's append returned (flushed and
+  fsynced). An archive that keeps failing stops the worker before any commit.
+* ``detect`` calls :func:`pipeline.process.detect_batch` and waits until every
+  alert and dead letter it produced was acknowledged by the broker before the
+  batch is acknowledged (at-least-once for alerts too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from detectors import Engine, RuleSetError, load_rules
+from pipeline.archive import ArchiveStore, RawRecord
+from pipeline.process import Incoming, detect_batch
+from pipeline.settings import Settings
+from pipeline.transport import tuned_transport
+from pipeline.users import UserDirectory, follow_users
+
+log = logging.getLogger("llmtrail.worker")
+
+READY_LINE = "llmtrail worker ready"
+ARCHIVE_RETRIES = 5
+# Exit status of a worker that stopped because the archive could not be written.
+EXIT_ARCHIVE_FAILED = 75
+
+
+class LlmtrailApp(faust.App):  # type: ignore[misc]
+    """faust.App with our tuned transport (configurable consumer fetch wait)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.llmtrail = settings
+        super().__init__(settings.app_id, **options)
+
+    def _new_transport(self) -> Any:
+        transport_class = tuned_transport(self.llmtrail.fetch_max_wait_ms)
+        return transport_class(self.conf.broker_consumer, self)
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker": settings.broker,
+        "store": "memory://",
+        "autodiscover": False,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": 1,
+        "topic_disable_leader": True,
+        "broker_session_timeout": settings.session_timeout,
+        "broker_rebalance_timeout": settings.rebalance_timeout,
+        "broker_heartbeat_interval": settings.heartbeat_interval,
+        "broker_commit_interval": settings.commit_interval,
+        "producer_linger_ms": settings.producer_linger_ms,
+        "producer_max_batch_size": settings.producer_batch_bytes,
+        "producer_max_request_size": max(settings.max_event_bytes, settings.http_max_body_bytes)
+        + 65536,
+        "consumer_max_fetch_size": settings.max_event_bytes + 65536,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_buffer_maxsize": max(settings.archive_batch, settings.detect_batch) * 2,
+        "web_enabled": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+def _incoming(event: Any) -> Incoming:
+    message = event.message
+    return Incoming(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int((message.timestamp or 0) * 1000),
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+    )
+
+
+def _event_id(value: bytes) -> str | None:
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    event_id = decoded.get("event_id") if isinstance(decoded, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+def to_raw_record(msg: Incoming) -> RawRecord:
+    return RawRecord(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        timestamp_ms=msg.timestamp_ms,
+        key=msg.key,
+        value=msg.value,
+        event_id=_event_id(msg.value),
+    )
+
+
+def rules_signature(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of every rule file: changes when a rule file does."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += [p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"}]
+        elif path.exists():
+            files.append(path)
+    signature = []
+    for file in sorted(files):
+        stat = file.stat()
+        signature.append((str(file), stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+async def _archive_with_retries(store: ArchiveStore, records: list[RawRecord]) -> None:
+    delay = 0.5
+    for attempt in range(1, ARCHIVE_RETRIES + 1):
+        try:
+            await asyncio.to_thread(store.append, records)
+            return
+        except OSError as exc:
+            first, last = records[0], records[-1]
+            log.error("archive write failed (attempt %d/%d) for %s[%d]@%d..%d: %s",
+                      attempt, ARCHIVE_RETRIES, first.topic, first.partition, first.offset,
+                      last.offset, exc)
+            if attempt == ARCHIVE_RETRIES:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    # Never acknowledge what was not archived: stop now, before Faust can commit this batch.
+    log.critical("archive unavailable; stopping the worker without committing")
+    logging.shutdown()
+    os._exit(EXIT_ARCHIVE_FAILED)
+
+
+def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
+    """A Faust app with the archive and detect agents and the rule and user followers."""
+    app = LlmtrailApp(settings, **faust_options(settings))
+    events = app.topic(
+        settings.events_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    users = UserDirectory()
+    users_ready = asyncio.Event()
+    store = ArchiveStore(settings.archive_dir, fsync=settings.archive_fsync)
+
+    @app.agent(events, name="archive")
+    async def archive(stream: Any) -> AsyncIterator[None]:
+        async for batch in stream.take_events(settings.archive_batch, within=settings.batch_within):
+            records = [to_raw_record(_incoming(e)) for e in batch]
+            await _archive_with_retries(store, records)
+            yield None
+
+    @app.agent(events, name="detect")
+    async def detect(stream: Any) -> AsyncIterator[None]:
+        await _wait(users_ready, 10.0)
+        async for batch in stream.take_events(settings.detect_batch, within=settings.batch_within):
+            result = detect_batch([_incoming(e) for e in batch], engine=engine, users=users,
+                                  settings=settings)
+            pending = [await app.producer.send(o.topic, o.key, o.value, None, None, None)
+                       for o in result.out]
+            if pending:
+                await asyncio.gather(*pending)
+            yield None
+
+    @app.task
+    async def follow() -> None:
+        await follow_users(settings, users, users_ready)
+
+    @app.task
+    async def reload_rules() -> None:
+        if settings.rules_reload_seconds <= 0:
+            return
+        signature = rules_signature(settings.rules)
+        while True:
+            await asyncio.sleep(settings.rules_reload_seconds)
+            current = rules_signature(settings.rules)
+            if current == signature:
+                continue
+            signature = current
+            try:
+                ruleset = await asyncio.to_thread(load_rules, settings.rules)
+            except RuleSetError as exc:
+                for error in exc.errors:
+                    log.error("rule reload rejected, keeping the previous rules: %s", error)
+                continue
+            engine.swap(ruleset)
+            log.warning("rules reloaded: %d rules", len(ruleset.rules))
+
+    announced = False
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_: Any, assigned: Any, **_: Any) -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            await _wait(users_ready, 10.0)
+            print(f"{READY_LINE}: {len(users)} users, {len(engine.ruleset.rules)} rules",
+                  flush=True)
+
+    @app.on_before_shutdown.connect
+    def close_archive(app_: Any, **_: Any) -> None:
+        store.close()
+
+    return app
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        log.warning("user context not loaded after %.0fs; continuing", timeout)
+
+
+class Worker(faust.Worker):  # type: ignore[misc]
+    """faust.Worker that also sets the root logger to the requested level.
+
+    Faust leaves the root logger at DEBUG whatever the level asked for, which
+    costs CPU formatting records nobody sees.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        logger.setLevel(level)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker in the foreground until SIGINT/SIGTERM."""
+    try:
+        ruleset = load_rules(settings.rules)
+    except RuleSetError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+    engine = Engine(ruleset, salt=settings.fingerprint_salt.reveal().encode())
+    app = build_app(settings, engine)
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
+                    redirect_stdouts=False)
+    worker.execute_from_commandline()
