@@ -26,6 +26,7 @@ import orjson
 
 from detectors import Engine, RuleSetError, load_rules
 from pipeline.archive import ArchiveStore, RawRecord
+from pipeline.kafka import ensure_topics
 from pipeline.process import Incoming, detect_batch
 from pipeline.settings import Settings
 from pipeline.transport import tuned_transport
@@ -246,6 +247,8 @@ def run_worker(settings: Settings) -> None:
             print(error, file=sys.stderr)
         raise SystemExit(2) from None
     engine = Engine(ruleset, salt=settings.fingerprint_salt.reveal().encode())
+    # Create the topics with our partition count before Faust or a client auto-creates them.
+    asyncio.run(ensure_topics(settings))
     app = build_app(settings, engine)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     redirect_stdouts=False)

@@ -105,7 +105,8 @@ class EmbeddedBroker:
         if not wait_for_port(self.host, self.port, timeout):
             code = self._proc.poll()
             self.stop()
-            detail = f"exited with {code}" if code is not None else f"not listening after {timeout}s"
+            detail = (f"exited with {code}" if code is not None
+                      else f"not listening after {timeout}s")
             raise BrokerError(f"embedded broker on port {self.port} {detail}")
         return self
 

@@ -35,7 +35,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _read_lines(source: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the line break) of a file or ``-`` for stdin; blank lines skipped."""
+    """(line number, bytes without line break) of a file or ``-`` (stdin); skips blank lines."""
     stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
     try:
         for number, line in enumerate(stream, start=1):
@@ -85,61 +85,45 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from detectors.event import EventError, decode_event  # noqa: PLC0415
-    from pipeline.kafka import make_producer  # noqa: PLC0415
+    from pipeline.kafka import send_all  # noqa: PLC0415
 
-    async def publish() -> tuple[int, int]:
-        producer = make_producer(settings)
-        await producer.start()
-        sent = rejected = 0
-        try:
-            pending = []
-            for number, raw in _read_lines(args.file):
-                try:
-                    event = decode_event(raw, max_bytes=settings.max_event_bytes)
-                except EventError as exc:
-                    print(f"{args.file}:{number}: rejected: {exc.reason}", file=sys.stderr)
-                    rejected += 1
-                    continue
-                pending.append(await producer.send(settings.events_topic, raw,
-                                                   key=str(event["trace_id"]).encode()))
-                sent += 1
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
-        return sent, rejected
+    rejected = 0
 
-    sent, rejected = asyncio.run(publish())
+    def valid_events() -> Iterator[tuple[bytes | None, bytes]]:
+        nonlocal rejected
+        for number, raw in _read_lines(args.file):
+            try:
+                event = decode_event(raw, max_bytes=settings.max_event_bytes)
+            except EventError as exc:
+                print(f"{args.file}:{number}: rejected: {exc.reason}", file=sys.stderr)
+                rejected += 1
+                continue
+            yield str(event["trace_id"]).encode(), raw
+
+    sent = asyncio.run(send_all(settings, settings.events_topic, valid_events()))
     print(f"published {sent} events to {settings.events_topic}; rejected {rejected} lines")
     return EXIT_PROBLEMS if rejected else EXIT_OK
 
 
 def cmd_users_load(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.kafka import ensure_topics, make_producer  # noqa: PLC0415
+    from pipeline.kafka import ensure_topics, send_all  # noqa: PLC0415
     from pipeline.users import UserRecordError, validate_user  # noqa: PLC0415
 
-    async def load() -> tuple[int, int]:
-        await ensure_topics(settings)
-        producer = make_producer(settings)
-        await producer.start()
-        sent = rejected = 0
-        try:
-            pending = []
-            for number, raw in _read_lines(args.file):
-                try:
-                    record = validate_user(orjson.loads(raw))
-                except (orjson.JSONDecodeError, UserRecordError) as exc:
-                    print(f"{args.file}:{number}: rejected: {exc}", file=sys.stderr)
-                    rejected += 1
-                    continue
-                pending.append(await producer.send(settings.users_topic, raw,
-                                                   key=record["id"].encode()))
-                sent += 1
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
-        return sent, rejected
+    rejected = 0
 
-    sent, rejected = asyncio.run(load())
+    def valid_users() -> Iterator[tuple[bytes | None, bytes]]:
+        nonlocal rejected
+        for number, raw in _read_lines(args.file):
+            try:
+                record = validate_user(orjson.loads(raw))
+            except (orjson.JSONDecodeError, UserRecordError) as exc:
+                print(f"{args.file}:{number}: rejected: {exc}", file=sys.stderr)
+                rejected += 1
+                continue
+            yield record["id"].encode(), raw
+
+    asyncio.run(ensure_topics(settings))
+    sent = asyncio.run(send_all(settings, settings.users_topic, valid_users()))
     print(f"loaded {sent} users into {settings.users_topic}; rejected {rejected} lines")
     return EXIT_PROBLEMS if rejected else EXIT_OK
 
@@ -231,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "Run the embedded broker, one worker and HTTP ingest in the foreground.")
     data_dir_option(up)
     up.add_argument("--broker-port", type=int, help="embedded broker port (default: a free one)")
-    up.add_argument("--http-port", type=int, help="HTTP ingest port (0 disables; LLMTRAIL_HTTP_PORT)")
+    up.add_argument("--http-port", type=int,
+                    help="HTTP ingest port (0 disables; LLMTRAIL_HTTP_PORT)")
 
     add("worker", cmd_worker, "Run one worker against LLMTRAIL_BROKER; run N to scale out.")
 

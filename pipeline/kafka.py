@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -71,3 +74,16 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def send_all(settings: Settings, topic: str,
+                   items: Iterable[tuple[bytes | None, bytes]]) -> int:
+    """Send (key, value) pairs to a topic; returns the count once the broker acknowledged all."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return len(pending)

@@ -107,7 +107,8 @@ class Settings:
         "LLMTRAIL_TOPIC_PREFIX", "", "Prefix for every topic name (isolates deployments and tests)."
     )
     partitions: int = _setting(
-        "LLMTRAIL_PARTITIONS", 4, "Partitions of topics llmtrail creates; the ceiling on parallelism."
+        "LLMTRAIL_PARTITIONS", 4,
+        "Partitions of topics llmtrail creates; the ceiling on parallelism.",
     )
     data_dir: Path = _setting(
         "LLMTRAIL_DATA_DIR", Path("llmtrail-data"), "Root of the archive and worker state."
@@ -244,7 +245,7 @@ class Settings:
         return servers
 
     def to_env(self) -> dict[str, str]:
-        """Every setting as ``LLMTRAIL_*`` variables (secrets revealed: for child processes only)."""
+        """Every setting as ``LLMTRAIL_*`` variables (secrets revealed: child processes only)."""
         env = {}
         for spec in fields(self):
             env[spec.metadata["env"]] = _format(getattr(self, spec.name))

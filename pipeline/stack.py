@@ -13,13 +13,17 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import orjson
 
 from pipeline.app import READY_LINE
 from pipeline.broker import EmbeddedBroker, die_with_parent, wait_for_port
-from pipeline.kafka import ensure_topics
+from pipeline.kafka import ensure_topics, send_all
 from pipeline.settings import Secret, Settings
 
 
@@ -59,8 +63,8 @@ class ChildProcess:
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            line = line.rstrip("\n")
+        for raw_line in self._proc.stdout:
+            line = raw_line.rstrip("\n")
             self.lines.append(line)
             if self._ready_line and self._ready_line in line:
                 self._ready.set()
@@ -134,12 +138,29 @@ def _echo_prefixed(prefix: str) -> Callable[[str], None]:
     return echo
 
 
+def new_run_dir(data_dir: Path) -> Path:
+    """A fresh ``<data_dir>/runs/<UTC time>`` for one embedded-broker run, linked as ``latest``.
+
+    The embedded broker forgets everything when it stops and numbers offsets
+    from zero again, so each run archives into its own directory.
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_dir = data_dir / "runs" / stamp
+    run_dir.mkdir(parents=True)
+    latest = data_dir / "latest"
+    if latest.is_symlink() or not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(Path("runs") / stamp)
+    return run_dir
+
+
 class Stack:
     """Embedded broker + topics + one worker + HTTP ingest, as a context manager."""
 
     def __init__(self, settings: Settings, *, broker_port: int | None = None,
-                 with_ingest: bool = True) -> None:
+                 with_ingest: bool = True, users: Sequence[Mapping[str, Any]] = ()) -> None:
         self._requested = settings
+        self._users = users
         self._broker_port = broker_port
         self._with_ingest = with_ingest and settings.http_port != 0
         self.settings = settings
@@ -149,19 +170,22 @@ class Stack:
         self.generated_api_key: str | None = None
 
     def __enter__(self) -> Stack:
-        data_dir = Path(self._requested.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = new_run_dir(Path(self._requested.data_dir))
         try:
             self.broker = EmbeddedBroker(self._broker_port,
-                                         log_file=data_dir / "broker.log").start()
-            settings = self._requested.replace(broker=self.broker.url)
+                                         log_file=run_dir / "broker.log").start()
+            settings = self._requested.replace(broker=self.broker.url, data_dir=run_dir)
             if self._with_ingest and not settings.api_keys:
                 self.generated_api_key = secrets.token_urlsafe(24)
                 settings = settings.replace(api_keys=(Secret(self.generated_api_key),))
             self.settings = settings
             print(f"broker: {self.broker.url} (embedded Tansu, in-memory; for development)",
                   flush=True)
+            print(f"archive: {settings.archive_dir}", flush=True)
             asyncio.run(ensure_topics(settings))
+            if self._users:
+                users = [(str(u["id"]).encode(), orjson.dumps(u)) for u in self._users]
+                asyncio.run(send_all(settings, settings.users_topic, users))
             self.worker = start_worker(settings, echo=_echo_prefixed("[worker]"))
             if self._with_ingest:
                 self.ingest = ChildProcess(settings, "ingest",
