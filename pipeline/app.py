@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
 
 from detectors import Engine, RuleSetError, load_rules
+from detectors.event import EventError, decode_event
 from pipeline.archive import ArchiveStore, RawRecord
 from pipeline.kafka import ensure_topics
 from pipeline.process import Incoming, detect_batch
@@ -88,25 +88,28 @@ def _incoming(event: Any) -> Incoming:
     )
 
 
-def _event_id(value: bytes) -> str | None:
-    try:
-        decoded = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    event_id = decoded.get("event_id") if isinstance(decoded, dict) else None
-    return event_id if isinstance(event_id, str) else None
+def archivable(batch: Sequence[Incoming], max_bytes: int) -> list[RawRecord]:
+    """The valid events of a batch as archive records, their bytes untouched.
 
-
-def to_raw_record(msg: Incoming) -> RawRecord:
-    return RawRecord(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        timestamp_ms=msg.timestamp_ms,
-        key=msg.key,
-        value=msg.value,
-        event_id=_event_id(msg.value),
-    )
+    Invalid records are not archived: the detect agent dead-letters them with
+    their original bytes and the reason.
+    """
+    records = []
+    for msg in batch:
+        try:
+            event = decode_event(msg.value, max_bytes=max_bytes)
+        except EventError:
+            continue
+        records.append(RawRecord(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            timestamp_ms=msg.timestamp_ms,
+            key=msg.key,
+            value=msg.value,
+            event_id=event["event_id"],
+        ))
+    return records
 
 
 def rules_signature(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
@@ -161,8 +164,9 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
     @app.agent(events, name="archive")
     async def archive(stream: Any) -> AsyncIterator[None]:
         async for batch in stream.take_events(settings.archive_batch, within=settings.batch_within):
-            records = [to_raw_record(_incoming(e)) for e in batch]
-            await _archive_with_retries(store, records)
+            records = archivable([_incoming(e) for e in batch], settings.max_event_bytes)
+            if records:
+                await _archive_with_retries(store, records)
             yield None
 
     @app.agent(events, name="detect")
