@@ -35,9 +35,11 @@ class ChildProcess:
     """``llmtrail <command>`` as a child process whose output is echoed with a prefix."""
 
     def __init__(self, settings: Settings, command: str, *, ready_line: str | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None,
+                 argv: Sequence[str] | None = None) -> None:
         self.settings = settings
         self.command = command
+        self._argv = list(argv or [sys.executable, "-m", "pipeline.cli", command])
         self._ready_line = ready_line
         self._ready = threading.Event()
         self._echo = echo
@@ -48,7 +50,7 @@ class ChildProcess:
     def start(self) -> ChildProcess:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", self.command],
+            self._argv,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
