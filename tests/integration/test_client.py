@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -136,3 +138,23 @@ def test_unreachable_broker_fails_fast(settings: Settings) -> None:
         await client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _doc_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parents[2] / "docs" / "events.md").read_text("utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_sdk_example_in_the_docs_runs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asyncio.run(ensure_topics(settings))
+    [example] = [b for b in _doc_blocks("python") if "with Client(" in b]
+    assert "kafka://127.0.0.1:9092" in example
+    # Client(url) takes every other setting from the environment: point it at this test.
+    monkeypatch.setenv("LLMTRAIL_TOPIC_PREFIX", settings.topic_prefix)
+    exec(example.replace("kafka://127.0.0.1:9092", settings.broker), {})
+    records = read_back(settings, 3)
+    assert [orjson.loads(r.value)["kind"] for r in records] == ["prompt", "tool_call", "response"]
+    assert len({r.key for r in records}) == 1
+

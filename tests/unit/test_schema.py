@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -20,7 +22,7 @@ import orjson
 import pytest
 
 from detectors.event import KINDS, OPTIONAL, PAYLOAD_OF_KIND, REQUIRED, EventError, validate_event
-from pipeline.client import event_schema
+from pipeline.client import Trace, event_schema
 
 TS = "2026-11-22T14:03:07.120Z"
 
@@ -321,3 +323,24 @@ def test_known_difference_integral_floats() -> None:
 def test_schema_file_ships_with_the_package() -> None:
     text = resources.files("pipeline").joinpath("schemas/event-v1.json").read_text("utf-8")
     assert json.loads(text) == event_schema()
+
+
+DOC = Path(__file__).parents[2] / "docs" / "events.md"
+
+
+def test_the_schema_example_in_the_docs_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text("utf-8"), flags=re.DOTALL)
+    [example] = [b for b in blocks if "event_schema()" in b]
+    event = Trace(service="doc").prompt("hello")
+    exec(example, {"event": event})
+    with pytest.raises(jsonschema.ValidationError, match="is not a 'date-time'"):
+        exec(example, {"event": {**event, "ts": "2026-02-30T00:00:00Z"}})
+
+
+def test_the_curl_example_in_the_docs_sends_a_valid_event(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    [body] = re.findall(r"-d '(.*?)'", DOC.read_text("utf-8"), flags=re.DOTALL)
+    event = orjson.loads(body)
+    assert validate_event(event) is event
+    validator.validate(event)
