@@ -1313,7 +1313,7 @@ class _Generator:
                 event["parent_id"] = parent
             return event
 
-        messages = [*plan.history, {"role": "user", "content": plan.prompt}]
+        messages = [*(dict(m) for m in plan.history), {"role": "user", "content": plan.prompt}]
         prompt_event = base("prompt", start_ms, None)
         prompt_event["system_prompt"] = {"version": sp_version, "sha256": sp_sha, "text": sp_text}
         prompt_event["prompt"] = {"text": plan.prompt, "messages": messages}

@@ -108,6 +108,28 @@ def test_first_5000_events_are_valid_event_v1(traces: list[Trace]) -> None:
     assert Counter(e["kind"] for e in events).keys() == {"prompt", "response", "tool_call"}
 
 
+def test_events_match_the_published_json_schema(traces: list[Trace]) -> None:
+    import jsonschema
+
+    schema = orjson.loads((REPO / "pipeline" / "schemas" / "event-v1.json").read_bytes())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    for trace in traces[:500]:
+        for event in trace.events:
+            validator.validate(event)
+
+
+def test_events_share_no_mutable_objects() -> None:
+    events = first_events(2_000)
+    seen: dict[int, str] = {}
+    for event in events:
+        stack: list[Any] = [v for v in event.values() if isinstance(v, dict | list)]
+        while stack:
+            value = stack.pop()
+            assert seen.setdefault(id(value), event["event_id"]) == event["event_id"]
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend(v for v in children if isinstance(v, dict | list))
+
+
 def test_traces_share_ids_and_have_increasing_timestamps(traces: list[Trace]) -> None:
     trace_ids = set()
     for trace in traces:
