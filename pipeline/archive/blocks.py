@@ -261,24 +261,43 @@ def _checked_header(fields_: tuple[Any, ...], path: Path, pos: int) -> BlockHead
 class BlockScan:
     """Walks the blocks of one segment file and verifies them.
 
-    Iterating yields the valid blocks in file order. A torn tail ends the iteration and is left in
-    :attr:`torn`; the caller decides to truncate it (the writer) or skip it (a reader). Damage
-    followed by a valid block, an unsupported version and a block after the seal raise
-    :class:`CorruptSegmentError`.
+    A torn tail ends the walk and is left in :attr:`torn`; the caller decides to truncate it
+    (the writer's recovery) or skip it (a reader). Damage followed by a valid block, an unsupported
+    version and a block after the seal raise :class:`CorruptSegmentError`.
 
-    With ``read_all`` every payload is read and checked. Without, only headers are read, plus the
-    payload of the final block: enough to find a torn tail and the last offset cheaply.
+    Iterating reads and checks every payload, yielding blocks as it goes. :meth:`walk_headers` is
+    the cheap form for recovery: it reads the headers and only the payloads at the end of the file
+    (until one verifies), enough to find a torn tail and the last offset.
     """
 
-    def __init__(self, fd: int, path: Path, *, read_all: bool) -> None:
+    def __init__(self, fd: int, path: Path) -> None:
         self._fd = fd
         self.path = path
         self.size = os.fstat(fd).st_size
-        self._read_all = read_all
         self.torn: TornTail | None = None
         self.sealed: Block | None = None
 
     def __iter__(self) -> Iterator[Block]:
+        for block in self._headers():
+            payload = self._payload(block)
+            if payload is None:
+                return
+            yield self._note_seal(Block(block.pos, block.header, payload))
+
+    def walk_headers(self) -> list[Block]:
+        """The valid blocks, payloads unread but for the last one (and a seal)."""
+        blocks = list(self._headers())
+        while blocks:  # what precedes a torn tail may itself be torn: verify backwards
+            payload = self._payload(blocks[-1])
+            if payload is not None:
+                blocks[-1] = Block(blocks[-1].pos, blocks[-1].header, payload)
+                break
+            blocks.pop()
+        for block in blocks:
+            self._note_seal(block)
+        return blocks
+
+    def _headers(self) -> Iterator[Block]:
         pos, size, path = 0, self.size, self.path
         while pos < size:
             raw = pread_exact(self._fd, HEADER_SIZE, pos)
@@ -297,23 +316,27 @@ class BlockScan:
                                           f"{header.payload_len} payload bytes, "
                                           f"{size - pos - HEADER_SIZE} are present")
                 return
-            payload = None
-            if self._read_all or end == size or header.kind == KIND_SEAL:
-                payload = pread_exact(self._fd, header.payload_len, pos + HEADER_SIZE)
-                if len(payload) < header.payload_len:  # the file shrank while we read it
-                    self.torn = TornTail(pos, "incomplete block (file shrank while reading)")
-                    return
-                if zlib.crc32(payload) != header.payload_crc:
-                    self._bad(pos, "block payload checksum mismatch")
-                    return
-            if self.sealed is not None:
-                raise CorruptSegmentError(path, pos, f"block after the seal block at byte "
-                                          f"{self.sealed.pos}")
-            block = Block(pos, header, payload)
-            if header.kind == KIND_SEAL:
-                self.sealed = block
-            yield block
+            yield Block(pos, header, None)
             pos = end
+
+    def _payload(self, block: Block) -> bytes | None:
+        """The block's verified payload; None when the block turned out to be a torn tail."""
+        payload = pread_exact(self._fd, block.header.payload_len, block.pos + HEADER_SIZE)
+        if len(payload) < block.header.payload_len:  # the file shrank while we read it
+            self.torn = TornTail(block.pos, "incomplete block (the file shrank while reading)")
+            return None
+        if zlib.crc32(payload) != block.header.payload_crc:
+            self._bad(block.pos, "block payload checksum mismatch")
+            return None
+        return payload
+
+    def _note_seal(self, block: Block) -> Block:
+        if self.sealed is not None:
+            raise CorruptSegmentError(self.path, block.pos, f"block after the seal block at byte "
+                                      f"{self.sealed.pos}")
+        if block.header.kind == KIND_SEAL:
+            self.sealed = block
+        return block
 
     def _bad(self, pos: int, reason: str) -> None:
         """Invalid bytes at ``pos``: a torn tail, unless a valid block follows them."""

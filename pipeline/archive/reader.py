@@ -43,7 +43,7 @@ def read_segment(root: Path, sid: SegmentId,
         log.warning("%s: listed but gone when opened; skipped", path)
         return
     try:
-        scan = BlockScan(fd, path, read_all=True)
+        scan = BlockScan(fd, path)
         records = blocks = 0
         last_offset = -1
         for block in scan:

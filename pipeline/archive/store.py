@@ -475,9 +475,9 @@ class ArchiveStore:
             except FileNotFoundError:
                 continue  # removed since it was listed
             try:
-                scan = BlockScan(fd, path, read_all=False)
+                scan = BlockScan(fd, path)
                 last_offset = -1
-                for block in scan:
+                for block in scan.walk_headers():
                     if block.header.kind == KIND_RECORDS:
                         last_offset = block.header.last_offset
                 if scan.torn is not None:
@@ -509,7 +509,7 @@ class ArchiveStore:
         seg = _OpenSegment(sid, path, set())
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            scan = BlockScan(fd, path, read_all=True)
+            scan = BlockScan(fd, path)
             for block in scan:
                 records = decode_records(block, sid.partition, path, self._dctx)
                 seg.digests.update(retry_digest(eid, value)
