@@ -100,6 +100,8 @@ class ChildProcess:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(10)
+            if self._reader is not None:
+                self._reader.join(5)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds."""
@@ -114,7 +116,9 @@ class ChildProcess:
                 proc.kill()
                 proc.wait(timeout)
         if self._reader is not None:
-            self._reader.join(2)
+            self._reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
         return proc.returncode
 
     def wait(self) -> int:
