@@ -435,6 +435,11 @@ class ArchiveStore:
                 part.seen_token = token
                 if changed:
                     self._stamp(part)
+            except CorruptSegmentError as exc:
+                # One damaged partition must not stop the worker (and its detection) from
+                # starting: appends to this partition re-run recovery and raise this again.
+                log.error("%s; %s[%d] refuses appends until the file is repaired or moved away",
+                          exc, topic, partition)
             finally:
                 part.lock.release()
 

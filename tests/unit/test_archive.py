@@ -267,6 +267,33 @@ def test_watermarks_after_restart_from_last_block_only(tmp_path: Path) -> None:
         s._abandon() if crash else s.close()
 
 
+def test_start_up_reads_only_the_newest_segment(tmp_path: Path) -> None:
+    with ArchiveStore(tmp_path) as s:
+        s.append(recs(range(10)))
+        s.append(recs(range(10, 20)))
+        s.append([rec(20, ts=HOUR0 + MS_PER_HOUR)])
+    old = segments(tmp_path)[0]
+    _flip(old, blocks_of(old)[0].pos + HEADER_SIZE + 2)  # damage an older, sealed segment
+    with ArchiveStore(tmp_path) as s:
+        assert s.high_watermarks() == {(TOPIC, 0): 20}
+        assert s.append([rec(21, ts=HOUR0 + MS_PER_HOUR)]).written == 1
+    with pytest.raises(CorruptSegmentError, match="payload checksum mismatch"):
+        list(iter_archive(tmp_path))  # readers still notice
+
+
+def test_concurrent_appends_from_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def consume(store: ArchiveStore, partition: int) -> int:  # one consumer thread per partition
+        return sum(store.append(recs(range(start, start + 50), partition=partition)).written
+                   for start in range(0, 500, 25))  # each batch half redelivered
+
+    with ArchiveStore(tmp_path) as s, ThreadPoolExecutor(4) as pool:
+        written = sum(pool.map(lambda p: consume(s, p), range(4)))
+    assert written == 4 * 525
+    assert sorted(archived(tmp_path)) == [(TOPIC, p, o) for p in range(4) for o in range(525)]
+
+
 def test_iter_archive_order_and_topic_filter(tmp_path: Path) -> None:
     with ArchiveStore(tmp_path) as s:
         s.append([rec(0, partition=1, ts=HOUR0 + MS_PER_HOUR), rec(0, partition=0),
@@ -384,15 +411,12 @@ def test_corrupt_middle_block_is_a_clear_error(tmp_path: Path, where: Callable[[
     message = str(err.value)
     assert f"{path}: corrupt archive data at byte {middle.pos}: {reason}" in message
     assert f"a valid block follows at byte {middle.end}" in message
-    # the writer refuses it too (at start-up or when it reads the open segment in full),
-    # never truncating acknowledged data away
+    # the writer refuses to append to it too, never truncating acknowledged data away
     size = path.stat().st_size
+    s = ArchiveStore(tmp_path)
     with pytest.raises(CorruptSegmentError, match=reason):
-        s = ArchiveStore(tmp_path)
-        try:
-            s.append([rec(30)])
-        finally:
-            s._abandon()
+        s.append([rec(30)])
+    s.close()
     assert path.stat().st_size == size
 
 
@@ -408,8 +432,11 @@ def test_unsupported_version_is_refused_with_advice(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptSegmentError, match="block format version 2 is not supported"):
         list(iter_archive(tmp_path))
+    s = ArchiveStore(tmp_path)  # starts (other partitions keep working), but refuses this one
     with pytest.raises(CorruptSegmentError, match="version 2"):
-        ArchiveStore(tmp_path)
+        s.append([rec(30)])
+    assert s.append([rec(0, partition=1)]).written == 1
+    s.close()
 
 
 def test_seal_that_disagrees_with_the_data_is_an_error(tmp_path: Path) -> None:
