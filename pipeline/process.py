@@ -46,6 +46,24 @@ class Outgoing:
 
 
 @dataclass(slots=True)
+class Decoded:
+    """A batch split into valid events (with their records) and rejected records with reasons."""
+
+    valid: list[tuple[Incoming, dict[str, Any]]] = field(default_factory=list)
+    invalid: list[tuple[Incoming, str]] = field(default_factory=list)
+
+
+def decode_batch(batch: Sequence[Incoming], max_bytes: int) -> Decoded:
+    decoded = Decoded()
+    for msg in batch:
+        try:
+            decoded.valid.append((msg, decode_event(msg.value, max_bytes=max_bytes)))
+        except EventError as exc:
+            decoded.invalid.append((msg, exc.reason))
+    return decoded
+
+
+@dataclass(slots=True)
 class BatchResult:
     out: list[Outgoing] = field(default_factory=list)
     events: int = 0
@@ -82,29 +100,25 @@ def _alert_key(event: dict[str, Any]) -> bytes:
 
 
 def detect_batch(
-    batch: Sequence[Incoming],
+    decoded: Decoded,
     *,
     engine: Engine,
     users: UserDirectory,
     settings: Settings,
 ) -> BatchResult:
-    """Decode, validate, enrich and scan each record; route alerts and dead letters.
+    """Enrich and scan each valid event; route alerts, and dead-letter the invalid records.
 
     Never raises for a bad record: invalid input and unexpected engine errors
     become dead letters that carry the reason, topic, partition and offset.
     """
     result = BatchResult()
     now = utc_now()
-    valid: list[tuple[Incoming, dict[str, Any]]] = []
-    for msg in batch:
-        try:
-            valid.append((msg, enrich(decode_event(msg.value, max_bytes=settings.max_event_bytes),
-                                      users)))
-        except EventError as exc:
-            result.out.append(Outgoing(settings.deadletter_topic, msg.key,
-                                       dead_letter(msg, exc.reason, stage="decode", failed_at=now)))
-            result.dead += 1
-    for msg, event in valid:
+    for msg, reason in decoded.invalid:
+        result.out.append(Outgoing(settings.deadletter_topic, msg.key,
+                                   dead_letter(msg, reason, stage="decode", failed_at=now)))
+        result.dead += 1
+    for msg, raw_event in decoded.valid:
+        event = enrich(raw_event, users)
         try:
             findings = engine.scan(event)
         except Exception as exc:  # an engine bug must not lose the event: dead-letter it

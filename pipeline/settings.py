@@ -149,11 +149,9 @@ class Settings:
     producer_batch_bytes: int = _setting(
         "LLMTRAIL_PRODUCER_BATCH_BYTES", 262_144, "Producer batch size in bytes."
     )
-    detect_batch: int = _setting(
-        "LLMTRAIL_DETECT_BATCH", 500, "Events the detect agent takes at once."
-    )
-    archive_batch: int = _setting(
-        "LLMTRAIL_ARCHIVE_BATCH", 2000, "Events the archive agent writes per durable append."
+    batch_size: int = _setting(
+        "LLMTRAIL_BATCH_SIZE", 1000,
+        "Most events a worker takes at once (one durable archive append per batch).",
     )
     batch_within: float = _setting(
         "LLMTRAIL_BATCH_WITHIN", 0.05, "Longest wait, seconds, to fill a batch before processing."
