@@ -1,0 +1,476 @@
+"""The detection engine: a compiled rule set, events in, findings out.
+
+``Engine(ruleset)`` compiles everything once (automaton, Hyperscan database,
+per-kind plans). ``scan(event)`` then, for each string the event's rules look
+at: normalises it, runs the shared automaton over its keyword views, finds
+candidate regexes, and evaluates only the rules some of whose required leaves
+could have fired (plus the few rules that can fire without any text hit).
+Condition trees are evaluated lazily: a leaf runs its regexes only when the
+evaluation reaches it.
+
+Work per event is bounded: at most ``max_fields`` strings, each scanned up
+to ``max_field_chars`` characters (the rest is ignored), payload decoding
+bounded by :class:`detectors.normalise.Limits`, and each regex run limited to
+``regex_timeout`` seconds per text (a run that times out keeps the hits found
+so far and counts in :attr:`Engine.regex_timeouts`). ``scan`` never raises on
+odd input: what is missing or of the wrong type is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from detectors.fields import iter_strings, split_selector, values_at
+from detectors.findings import Evidence, Finding, excerpt, fingerprint
+from detectors.matcher import Matcher, hyperscan_available
+from detectors.model import (
+    KINDS,
+    AllOf,
+    AnyOf,
+    Context,
+    KeywordLeaf,
+    Node,
+    NotOf,
+    Pattern,
+    RegexLeaf,
+    Rule,
+    RuleSet,
+    SignalLeaf,
+    ValueLeaf,
+    iter_nodes,
+)
+from detectors.normalise import Limits, Normalised, normalise
+
+DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
+DEFAULT_MAX_FIELD_CHARS = 1_000_000
+DEFAULT_MAX_FIELDS = 64
+DEFAULT_REGEX_TIMEOUT = 0.05
+MAX_EVIDENCE = 5
+MAX_HITS_PER_PATTERN = 16
+_NO_PAYLOADS = Limits(max_payloads=0)
+
+
+class Hit(NamedTuple):
+    field: int  # index into the event's scanned fields; -1 for a value test
+    start: int  # span in the original field text
+    end: int
+    value: str  # the matched text as the matcher saw it (selector for value tests)
+    boost: float
+
+
+@dataclass(slots=True)
+class _Field:
+    path: str
+    text: str
+    mask: int
+    norm: Normalised | None = None
+    keyword_spans: list[dict[int, list[tuple[int, int]]]] = field(default_factory=list)
+    candidates: list[set[int]] = field(default_factory=list)
+
+
+def requirement(node: Node) -> frozenset[KeywordLeaf | RegexLeaf | SignalLeaf] | None:
+    """Text leaves one of which must hit for ``node`` to hold; None if none is needed."""
+    if isinstance(node, KeywordLeaf | RegexLeaf | SignalLeaf):
+        return frozenset({node})
+    if isinstance(node, ValueLeaf | NotOf):
+        return None
+    children = [requirement(child) for child in node.children]
+    if isinstance(node, AllOf):
+        known = [c for c in children if c is not None]
+        return min(known, key=len) if known else None
+    if any(c is None for c in children):
+        return None
+    return frozenset().union(*(c for c in children if c is not None))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What scanning one event kind involves."""
+
+    rules: tuple[Rule, ...]
+    selectors: tuple[tuple[tuple[str, ...], int], ...]  # (segments, bit)
+    always: frozenset[int]  # rule indexes evaluated on every event of this kind
+    by_keyword: Mapping[int, tuple[int, ...]]
+    by_pattern: Mapping[int, tuple[int, ...]]
+    by_signal: Mapping[str, tuple[int, ...]]
+    substring: tuple[tuple[int, tuple[str, ...]], ...]
+    always_patterns: tuple[int, ...]
+
+
+class _Program:
+    """Everything compiled from one rule set; replaced as a whole on swap."""
+
+    def __init__(self, ruleset: RuleSet, options: _Options) -> None:
+        self.ruleset = ruleset
+        self.options = options
+        self.rules = tuple(r for r in ruleset.rules if r.enabled or options.include_disabled)
+        self.keyword_ids: dict[int, int] = {}
+        self.pattern_ids: dict[int, int] = {}
+        self.leaf_masks: dict[int, int] = {}
+        keyword_leaves: list[KeywordLeaf] = []
+        patterns: list[Pattern] = []
+        selector_bits: dict[str, int] = {}
+        for rule in self.rules:
+            for leaf in self._text_leaves(rule):
+                mask = 0
+                for selector in leaf.fields:
+                    mask |= 1 << selector_bits.setdefault(selector, len(selector_bits))
+                self.leaf_masks[id(leaf)] = mask
+                if isinstance(leaf, KeywordLeaf):
+                    self.keyword_ids[id(leaf)] = len(keyword_leaves)
+                    keyword_leaves.append(leaf)
+                elif isinstance(leaf, RegexLeaf):
+                    for pattern in leaf.patterns:
+                        if id(pattern) not in self.pattern_ids:
+                            self.pattern_ids[id(pattern)] = len(patterns)
+                            patterns.append(pattern)
+        self.matcher = Matcher(keyword_leaves, patterns, use_hyperscan=options.use_hyperscan)
+        self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
+        self.regex_timeouts = 0
+
+    @staticmethod
+    def _text_leaves(rule: Rule) -> list[KeywordLeaf | RegexLeaf | SignalLeaf]:
+        out: list[KeywordLeaf | RegexLeaf | SignalLeaf] = []
+        for root in (rule.condition, *rule.exceptions):
+            out.extend(
+                n for n in iter_nodes(root) if isinstance(n, KeywordLeaf | RegexLeaf | SignalLeaf)
+            )
+        return out
+
+    def _plan(self, kind: str, selector_bits: Mapping[str, int]) -> _Plan:
+        rules = tuple(r for r in self.rules if kind in r.applies_to)
+        selectors: dict[str, int] = {}
+        always: set[int] = set()
+        by_keyword: dict[int, list[int]] = {}
+        by_pattern: dict[int, list[int]] = {}
+        by_signal: dict[str, list[int]] = {}
+        pattern_ids: set[int] = set()
+        for index, rule in enumerate(rules):
+            for leaf in self._text_leaves(rule):
+                for selector in leaf.fields:
+                    selectors[selector] = selector_bits[selector]
+                if isinstance(leaf, RegexLeaf):
+                    pattern_ids.update(self.pattern_ids[id(p)] for p in leaf.patterns)
+            needed = requirement(rule.condition)
+            if needed is None:
+                always.add(index)
+                continue
+            for leaf in needed:
+                if isinstance(leaf, KeywordLeaf):
+                    by_keyword.setdefault(self.keyword_ids[id(leaf)], []).append(index)
+                elif isinstance(leaf, RegexLeaf):
+                    for pattern in leaf.patterns:
+                        by_pattern.setdefault(self.pattern_ids[id(pattern)], []).append(index)
+                else:
+                    by_signal.setdefault(leaf.signal, []).append(index)
+        covered = self.matcher.hyperscan_ids
+        gates = [(pid, self.matcher.patterns[pid].gate) for pid in sorted(pattern_ids - covered)]
+        return _Plan(
+            rules=rules,
+            selectors=tuple((split_selector(s), 1 << bit) for s, bit in selectors.items()),
+            always=frozenset(always),
+            by_keyword={k: tuple(v) for k, v in by_keyword.items()},
+            by_pattern={k: tuple(v) for k, v in by_pattern.items()},
+            by_signal={k: tuple(v) for k, v in by_signal.items()},
+            substring=tuple((pid, g.literals) for pid, g in gates if g.kind == "substring"),
+            always_patterns=tuple(pid for pid, g in gates if g.kind == "always"),
+        )
+
+    # ------------------------------------------------------------ scanning
+
+    def _fields(self, event: Mapping[str, Any], plan: _Plan) -> list[_Field]:
+        found: dict[str, _Field] = {}
+        limit = self.options.max_field_chars
+        for segments, bit in plan.selectors:
+            for path, text in iter_strings(event, segments):
+                existing = found.get(path)
+                if existing is not None:
+                    existing.mask |= bit
+                elif text and len(found) < self.options.max_fields:
+                    found[path] = _Field(path, text[:limit], bit)
+        return list(found.values())
+
+    def _prepare(self, item: _Field, plan: _Plan) -> set[int]:
+        """Normalise and pre-scan one field; return the rule indexes it triggers."""
+        norm = normalise(item.text, limits=self.options.limits)
+        item.norm = norm
+        triggered: set[int] = set()
+        for source in norm.sources:
+            spans, gated = self.matcher.keywords(source.kw.text)
+            candidates = self.matcher.candidates(
+                source, gated, plan.substring, plan.always_patterns
+            )
+            item.keyword_spans.append(spans)
+            item.candidates.append(candidates)
+            for keyword_id in spans:
+                triggered.update(plan.by_keyword.get(keyword_id, ()))
+            for pattern_id in candidates:
+                triggered.update(plan.by_pattern.get(pattern_id, ()))
+        for signal in norm.signals:
+            triggered.update(plan.by_signal.get(signal, ()))
+        return triggered
+
+    def scan(self, event: Mapping[str, Any], salt: bytes) -> list[Finding]:
+        if not isinstance(event, Mapping):
+            return []
+        kind = event.get("kind")
+        plan = self.plans.get(kind) if isinstance(kind, str) else None
+        if plan is None or not plan.rules:
+            return []
+        fields = self._fields(event, plan)
+        triggered = set(plan.always)
+        for item in fields:
+            triggered |= self._prepare(item, plan)
+        if not triggered:
+            return []
+        evaluation = _Evaluation(self, event, fields)
+        findings: list[Finding] = []
+        for index in sorted(triggered):
+            rule = plan.rules[index]
+            hits = evaluation.node(rule.condition)
+            if hits is None:
+                continue
+            if any(evaluation.node(e) is not None for e in rule.exceptions):
+                continue
+            findings.append(_finding(rule, hits, fields, salt))
+        return findings
+
+
+class _Evaluation:
+    """Lazy evaluation of condition trees for one event, with per-leaf caching."""
+
+    def __init__(self, program: _Program, event: Mapping[str, Any], fields: list[_Field]) -> None:
+        self.program = program
+        self.event = event
+        self.fields = fields
+        self.cache: dict[int, list[Hit] | None] = {}
+
+    def node(self, node: Node) -> list[Hit] | None:
+        if isinstance(node, AnyOf):
+            for child in node.children:
+                hits = self.node(child)
+                if hits is not None:
+                    return hits
+            return None
+        if isinstance(node, AllOf):
+            collected: list[Hit] = []
+            for child in node.children:
+                hits = self.node(child)
+                if hits is None:
+                    return None
+                collected.extend(hits)
+            return collected
+        if isinstance(node, NotOf):
+            return None if self.node(node.child) is not None else []
+        if isinstance(node, ValueLeaf):
+            values, present = values_at(self.event, split_selector(node.selector))
+            return (
+                [Hit(-1, -1, -1, node.selector, 0.0)] if node.test.holds(values, present) else None
+            )
+        key = id(node)
+        if key not in self.cache:
+            if isinstance(node, KeywordLeaf):
+                self.cache[key] = self._keywords(node)
+            elif isinstance(node, RegexLeaf):
+                self.cache[key] = self._regexes(node)
+            else:
+                self.cache[key] = self._signal(node)
+        return self.cache[key]
+
+    def _selected(self, leaf: Node) -> list[tuple[int, _Field]]:
+        mask = self.program.leaf_masks[id(leaf)]
+        return [(i, f) for i, f in enumerate(self.fields) if f.mask & mask]
+
+    def _keywords(self, leaf: KeywordLeaf) -> list[Hit] | None:
+        keyword_id = self.program.keyword_ids[id(leaf)]
+        hits: list[Hit] = []
+        for index, item in self._selected(leaf):
+            assert item.norm is not None
+            for source, spans in zip(item.norm.sources, item.keyword_spans, strict=True):
+                for start, end in spans.get(keyword_id, ()):
+                    span = source.kw.map.span(start, end)
+                    hit = self._context(leaf.context, index, item, span, source.kw.text[start:end])
+                    if hit is not None:
+                        hits.append(hit)
+        return hits or None
+
+    def _regexes(self, leaf: RegexLeaf) -> list[Hit] | None:
+        hits: list[Hit] = []
+        seen: set[tuple[int, int, int]] = set()
+        timeout = self.program.options.regex_timeout
+        for index, item in self._selected(leaf):
+            assert item.norm is not None
+            for source, candidates in zip(item.norm.sources, item.candidates, strict=True):
+                for pattern in leaf.patterns:
+                    if self.program.pattern_ids[id(pattern)] not in candidates:
+                        continue
+                    for view in source.regex_views:
+                        for start, end, value in self._run(pattern, view.text, leaf, timeout):
+                            span = view.map.span(start, end)
+                            if (index, *span) in seen:
+                                continue
+                            seen.add((index, *span))
+                            hit = self._context(leaf.context, index, item, span, value)
+                            if hit is not None:
+                                hits.append(hit)
+        return hits or None
+
+    def _run(
+        self, pattern: Pattern, text: str, leaf: RegexLeaf, timeout: float
+    ) -> list[tuple[int, int, str]]:
+        out: list[tuple[int, int, str]] = []
+        try:
+            for match in pattern.compiled.finditer(text, timeout=timeout):
+                start, end = match.span(pattern.evidence_group)
+                if start < 0:
+                    start, end = match.span()
+                if leaf.validator is not None:
+                    checked = match.group(pattern.check_group) or match.group()
+                    if not leaf.validator.check(checked):
+                        continue
+                out.append((start, end, text[start:end]))
+                if len(out) >= MAX_HITS_PER_PATTERN:
+                    break
+        except TimeoutError:
+            self.program.regex_timeouts += 1
+        return out
+
+    def _signal(self, leaf: SignalLeaf) -> list[Hit] | None:
+        hits: list[Hit] = []
+        for index, item in self._selected(leaf):
+            assert item.norm is not None
+            for start, end in item.norm.signals.get(leaf.signal, ()):
+                hits.append(Hit(index, start, end, item.text[start:end], 0.0))
+        return hits or None
+
+    @staticmethod
+    def _context(
+        context: Context | None, index: int, item: _Field, span: tuple[int, int], value: str
+    ) -> Hit | None:
+        start, end = span
+        if context is None:
+            return Hit(index, start, end, value, 0.0)
+        window = item.text[max(0, start - context.window) : end + context.window]
+        folded = normalise(window, limits=_NO_PAYLOADS).sources[0].kw.text
+        if context.absent is not None and context.absent.search(folded):
+            return None
+        if context.near is None:
+            return Hit(index, start, end, value, 0.0)
+        if context.near.search(folded):
+            return Hit(index, start, end, value, 0.0 if context.require else context.boost)
+        return None if context.require else Hit(index, start, end, value, 0.0)
+
+
+def _finding(rule: Rule, hits: list[Hit], fields: Sequence[_Field], salt: bytes) -> Finding:
+    text_hits = sorted({h for h in hits if h.field >= 0}, key=lambda h: (h.field, h.start, h.end))
+    evidence: list[Evidence] = []
+    if text_hits:
+        first = text_hits[0].field
+        in_field: list[Hit] = []
+        for hit in text_hits:
+            if hit.field == first and all(
+                (h.start, h.end) != (hit.start, hit.end) for h in in_field
+            ):
+                in_field.append(hit)
+        text = fields[first].text
+        spans = [(h.start, h.end) for h in in_field]
+        for hit in in_field[:MAX_EVIDENCE]:
+            evidence.append(
+                Evidence(
+                    hit.start,
+                    hit.end,
+                    excerpt(text, hit.start, hit.end, masked=rule.mask, other_spans=spans),
+                    fingerprint(hit.value, salt) if rule.mask else None,
+                )
+            )
+        field_path = fields[first].path
+    else:
+        field_path = next((h.value for h in hits if h.field < 0), "")
+    boost = max((h.boost for h in hits), default=0.0)
+    return Finding(
+        rule_id=rule.id,
+        title=rule.title,
+        severity=rule.severity,
+        category=rule.category,
+        owasp=rule.owasp,
+        detector="pattern",
+        field=field_path,
+        evidence=tuple(evidence),
+        score=round(min(1.0, rule.score + boost), 4),
+        tags=rule.tags,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    max_field_chars: int
+    max_fields: int
+    regex_timeout: float
+    use_hyperscan: bool
+    include_disabled: bool
+    limits: Limits
+
+
+class Engine:
+    """Scan Event v1 mappings against a compiled rule set.
+
+    ``use_hyperscan``: None picks Hyperscan when it is installed; False forces
+    the pure-Python prefilter. ``include_disabled`` also runs rules with
+    ``enabled: false`` (used by ``rules test``). Thread-safe: ``swap`` builds
+    the new program completely, then replaces one reference; a scan uses the
+    program it started with.
+    """
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        *,
+        salt: bytes = DEFAULT_SALT,
+        max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
+        max_fields: int = DEFAULT_MAX_FIELDS,
+        regex_timeout: float = DEFAULT_REGEX_TIMEOUT,
+        use_hyperscan: bool | None = None,
+        include_disabled: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
+        self._salt = salt
+        self._options = _Options(
+            max_field_chars=max_field_chars,
+            max_fields=max_fields,
+            regex_timeout=regex_timeout,
+            use_hyperscan=hyperscan_available() if use_hyperscan is None else use_hyperscan,
+            include_disabled=include_disabled,
+            limits=limits or Limits(),
+        )
+        self._program = _Program(ruleset, self._options)
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._program.ruleset
+
+    @property
+    def active_rules(self) -> frozenset[str]:
+        """Ids of the rules this engine runs (enabled ones, or all with include_disabled)."""
+        return frozenset(rule.id for rule in self._program.rules)
+
+    @property
+    def uses_hyperscan(self) -> bool:
+        return self._program.matcher.uses_hyperscan
+
+    @property
+    def regex_timeouts(self) -> int:
+        """Regex runs cut short by ``regex_timeout`` since the last swap."""
+        return self._program.regex_timeouts
+
+    def swap(self, ruleset: RuleSet) -> None:
+        """Compile ``ruleset`` and make it the one every later scan uses."""
+        self._program = _Program(ruleset, self._options)
+
+    def scan(self, event: Mapping[str, Any]) -> list[Finding]:
+        return self._program.scan(event, self._salt)
+
+    def scan_batch(self, events: Sequence[Mapping[str, Any]]) -> list[list[Finding]]:
+        program = self._program
+        return [program.scan(event, self._salt) for event in events]

@@ -1,0 +1,206 @@
+"""The compiled rule model: pure, immutable data produced by the loader.
+
+Condition nodes are plain frozen dataclasses compared by identity; the engine
+turns them into its own matching structures. Nothing here scans text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import regex
+
+from detectors.modifiers import ValueTest
+from detectors.validators import Validator
+
+SCHEMA = "llmtrail.rules/v1"
+SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+CATEGORIES: tuple[str, ...] = (
+    "prompt_injection",
+    "jailbreak",
+    "pii",
+    "secret",
+    "insecure_output",
+    "tool_abuse",
+    "data_exfiltration",
+    "system_prompt_leak",
+    "compliance",
+    "anomaly",
+)
+OWASP_IDS: tuple[str, ...] = tuple(f"LLM{n:02d}" for n in range(1, 11))
+KINDS: tuple[str, ...] = ("prompt", "response", "tool_call")
+MATURITIES: tuple[str, ...] = ("stable", "test", "experimental")
+SELECTOR_ROOTS: tuple[str, ...] = (
+    "prompt",
+    "response",
+    "tool",
+    "system_prompt",
+    "user",
+    "model",
+    "usage",
+    "tags",
+    "service",
+    "environment",
+    "kind",
+    "session_id",
+    "trace_id",
+    "latency_ms",
+)
+MASKED_CATEGORIES = frozenset({"pii", "secret"})
+
+# How a regex can be skipped cheaply when it cannot match:
+#   "ac": one of ``literals`` (lower-case ASCII, no spaces, >= 3 chars) must be
+#         found by the shared Aho-Corasick pass;
+#   "substring": one of ``literals`` (shorter) must occur in the folded text;
+#   "always": no literal is required, the regex always runs.
+GateKind = Literal["ac", "substring", "always"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    kind: GateKind
+    literals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Pattern:
+    """One compiled regex with what the engine needs to run it cheaply."""
+
+    source: str
+    compiled: regex.Pattern[str]
+    gate: Gate
+    # Evidence spans the named group ``secret`` if the pattern has one.
+    evidence_group: str | int
+    # Validators check ``secret``, else group 1, else the whole hit.
+    check_group: str | int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Context:
+    """Words searched near a hit (in the folded text of a window around it)."""
+
+    near: regex.Pattern[str] | None
+    absent: regex.Pattern[str] | None
+    window: int
+    require: bool
+    boost: float
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class KeywordLeaf:
+    phrases: tuple[str, ...]  # already normalised (folded) phrases
+    fields: tuple[str, ...]
+    context: Context | None
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class RegexLeaf:
+    patterns: tuple[Pattern, ...]
+    fields: tuple[str, ...]
+    validator: Validator | None
+    context: Context | None
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class SignalLeaf:
+    signal: str
+    fields: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class ValueLeaf:
+    selector: str
+    test: ValueTest
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class AnyOf:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class AllOf:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class NotOf:
+    child: Node
+
+
+TextLeaf = KeywordLeaf | RegexLeaf | SignalLeaf
+Node = AnyOf | AllOf | NotOf | KeywordLeaf | RegexLeaf | SignalLeaf | ValueLeaf
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    expect: Literal["match", "no_match"]
+    value: str | Mapping[str, Any]
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    title: str
+    description: str
+    severity: str
+    category: str
+    owasp: tuple[str, ...]
+    applies_to: tuple[str, ...]
+    fields: tuple[str, ...]
+    maturity: str
+    score: float
+    mask: bool
+    tags: tuple[str, ...]
+    references: tuple[str, ...]
+    enabled: bool
+    condition: Node
+    exceptions: tuple[Node, ...]
+    examples: tuple[Example, ...]
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Macro:
+    name: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """A validated, compiled set of rules. Immutable; build engines from it."""
+
+    rules: tuple[Rule, ...]
+    lists: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    macros: Mapping[str, Macro] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+
+    def rule(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+
+def iter_nodes(node: Node) -> list[Node]:
+    """Every node of a condition tree, parents before children."""
+    out: list[Node] = []
+    stack: list[Node] = [node]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        if isinstance(current, AnyOf | AllOf):
+            stack.extend(reversed(current.children))
+        elif isinstance(current, NotOf):
+            stack.append(current.child)
+    return out

@@ -1,0 +1,259 @@
+"""Sigma-style value modifiers: ``"selector|mod1|mod2": value``.
+
+Each modifier is a small class with a stable ``id``. Operators turn one
+expected value into a predicate over one field value; flags (``all``,
+``cased``) change how operators are applied. Every modifier is listed once in
+:data:`MODIFIERS`, the only registry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
+
+import regex
+
+Scalar = str | int | float | bool
+Predicate = Callable[[Scalar], bool]
+
+
+class ModifierError(ValueError):
+    """A modifier chain or its value is invalid; the message says why."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fold(text: str, cased: bool) -> str:
+    return text if cased else text.casefold()
+
+
+def _expect_str(value: Scalar, modifier: str) -> str:
+    if not isinstance(value, str):
+        raise ModifierError(f"'{modifier}' needs string values, got {value!r}")
+    return value
+
+
+def _expect_number(value: Scalar, modifier: str) -> float:
+    if not _is_number(value):
+        raise ModifierError(f"'{modifier}' needs numeric values, got {value!r}")
+    return float(value)
+
+
+class Modifier:
+    """Base of every modifier. Flags only carry their id."""
+
+    id: ClassVar[str]
+    is_flag: ClassVar[bool] = False
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        raise NotImplementedError
+
+
+class Equals(Modifier):
+    id = "equals"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        if isinstance(expected, bool):
+            return lambda v: isinstance(v, bool) and v is expected
+        if _is_number(expected):
+            number = float(expected)
+            return lambda v: _is_number(v) and float(v) == number
+        want = _fold(_expect_str(expected, cls.id), cased)
+        return lambda v: isinstance(v, str) and _fold(v, cased) == want
+
+
+class In(Equals):
+    id = "in"
+
+
+class Contains(Modifier):
+    id = "contains"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        want = _fold(_expect_str(expected, cls.id), cased)
+        return lambda v: isinstance(v, str) and want in _fold(v, cased)
+
+
+class StartsWith(Modifier):
+    id = "startswith"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        want = _fold(_expect_str(expected, cls.id), cased)
+        return lambda v: isinstance(v, str) and _fold(v, cased).startswith(want)
+
+
+class EndsWith(Modifier):
+    id = "endswith"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        want = _fold(_expect_str(expected, cls.id), cased)
+        return lambda v: isinstance(v, str) and _fold(v, cased).endswith(want)
+
+
+class Re(Modifier):
+    id = "re"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        source = _expect_str(expected, cls.id)
+        try:
+            pattern = regex.compile(source, 0 if cased else regex.IGNORECASE)
+        except regex.error as exc:
+            raise ModifierError(f"invalid regex {source!r}: {exc}") from None
+        return lambda v: isinstance(v, str) and pattern.search(v, timeout=0.05) is not None
+
+
+class Cidr(Modifier):
+    id = "cidr"
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        source = _expect_str(expected, cls.id)
+        try:
+            network = ipaddress.ip_network(source, strict=False)
+        except ValueError as exc:
+            raise ModifierError(f"invalid network {source!r}: {exc}") from None
+
+        def inside(value: Scalar) -> bool:
+            if not isinstance(value, str):
+                return False
+            try:
+                return ipaddress.ip_address(value.strip()) in network
+            except ValueError:
+                return False
+
+        return inside
+
+
+class _Compare(Modifier):
+    @staticmethod
+    def compare(value: float, bound: float) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        bound = _expect_number(expected, cls.id)
+        compare = cls.compare
+        return lambda v: _is_number(v) and compare(float(v), bound)
+
+
+class Gt(_Compare):
+    id = "gt"
+
+    @staticmethod
+    def compare(value: float, bound: float) -> bool:
+        return value > bound
+
+
+class Gte(_Compare):
+    id = "gte"
+
+    @staticmethod
+    def compare(value: float, bound: float) -> bool:
+        return value >= bound
+
+
+class Lt(_Compare):
+    id = "lt"
+
+    @staticmethod
+    def compare(value: float, bound: float) -> bool:
+        return value < bound
+
+
+class Lte(_Compare):
+    id = "lte"
+
+    @staticmethod
+    def compare(value: float, bound: float) -> bool:
+        return value <= bound
+
+
+class Exists(Modifier):
+    """``true``: the selector resolves to a non-null value; ``false``: it does not."""
+
+    id = "exists"
+
+
+class All(Modifier):
+    id = "all"
+    is_flag = True
+
+
+class Cased(Modifier):
+    id = "cased"
+    is_flag = True
+
+
+def build_registry(classes: Iterable[type[Modifier]]) -> Mapping[str, type[Modifier]]:
+    registry: dict[str, type[Modifier]] = {}
+    for cls in classes:
+        if cls.id in registry:
+            raise ValueError(f"modifier id {cls.id!r} registered twice")
+        registry[cls.id] = cls
+    return MappingProxyType(registry)
+
+
+MODIFIERS: Mapping[str, type[Modifier]] = build_registry(
+    (Equals, In, Contains, StartsWith, EndsWith, Re, Cidr, Gt, Gte, Lt, Lte, Exists, All, Cased)
+)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class ValueTest:
+    """A compiled ``selector|modifiers: values`` test over the selector's values."""
+
+    operator: str
+    predicates: tuple[Predicate, ...]
+    match_all: bool
+    exists: bool | None = None
+
+    def holds(self, values: Sequence[Scalar], present: bool) -> bool:
+        if self.exists is not None:
+            return present is self.exists
+        if self.match_all:
+            return all(any(p(v) for v in values) for p in self.predicates)
+        return any(p(v) for p in self.predicates for v in values)
+
+
+def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> ValueTest:
+    """Compile a modifier chain and its expected values; raise ModifierError if invalid."""
+    unknown = [m for m in modifier_ids if m not in MODIFIERS]
+    if unknown:
+        known = ", ".join(sorted(MODIFIERS))
+        raise ModifierError(f"unknown modifier {unknown[0]!r} (known: {known})")
+    if len(set(modifier_ids)) != len(modifier_ids):
+        raise ModifierError("a modifier is repeated")
+    operators = [m for m in modifier_ids if not MODIFIERS[m].is_flag]
+    if len(operators) > 1:
+        raise ModifierError(f"at most one operator modifier, got {', '.join(operators)}")
+    operator = operators[0] if operators else "equals"
+    cased = "cased" in modifier_ids
+    match_all = "all" in modifier_ids
+    if not values:
+        raise ModifierError("an empty list of values never matches")
+    if operator == "exists":
+        if len(values) != 1 or not isinstance(values[0], bool):
+            raise ModifierError("'exists' takes true or false")
+        if match_all or cased:
+            raise ModifierError("'exists' cannot be combined with 'all' or 'cased'")
+        return ValueTest(operator, (), False, exists=values[0])
+    cls = MODIFIERS[operator]
+    predicates: list[Predicate] = []
+    for value in values:
+        if value is None:
+            raise ModifierError("null is not a value to compare; use '|exists: false'")
+        if not isinstance(value, str | int | float | bool):
+            raise ModifierError(f"values must be strings, numbers or booleans, got {value!r}")
+        predicates.append(cls.predicate(value, cased=cased))
+    return ValueTest(operator, tuple(predicates), match_all)

@@ -1,0 +1,553 @@
+"""Text normalisation with an offset map back to the original text.
+
+``normalise(text)`` produces the texts the engine scans for one field:
+
+* the **keyword view**: NFKC-style folding (per character), combining marks
+  dropped, zero-width / bidi / tag characters removed, Latin look-alikes
+  (Cyrillic and Greek homoglyphs) folded to ASCII inside words that are made of
+  Latin letters and look-alikes only, case folded, whitespace runs collapsed to
+  one space;
+* the **regex views**: the original text, plus (only when folding changed more
+  than case and whitespace) the folded text before case folding and whitespace
+  collapsing;
+* one extra **source** per embedded payload (base64, hex, URL-encoded, Unicode
+  tag characters) decoded and normalised the same way (one level deep, bounded
+  in count and size).
+
+Every view carries a span map: a hit ``[start, end)`` in the view maps back to
+``[start, end)`` in the original text; hits in a payload map to the span of the
+encoded run. Signals (``hidden_unicode``, ``homoglyph``, ``encoded_payload``)
+come with the original spans that raised them.
+
+Pure-ASCII text without '%' and without long base64/hex-looking runs takes a
+fast path: lower-casing, whitespace translation and (only if needed) one
+collapse substitution, with the offset map built lazily on first use.
+
+Invariant used by the engine's literal prefilter: every run of non-space
+ASCII characters of the original (or of a regex view) occurs, lower-cased, in
+the keyword view of the same source.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import unicodedata
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import unquote_plus
+
+SIGNALS: tuple[str, ...] = ("hidden_unicode", "homoglyph", "encoded_payload")
+_MAX_SIGNAL_SPANS = 5
+
+# ---------------------------------------------------------------- tables
+
+_ZERO_WIDTH = "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e"
+_BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+_TAG_RANGE = (0xE0000, 0xE007F)
+_INVISIBLE_RE = re.compile(f"[{_ZERO_WIDTH}{_BIDI}\U000e0000-\U000e007f]+")
+_TAG_RUN_RE = re.compile("[\U000e0020-\U000e007e]{2,}")
+
+# Latin look-alikes: Cyrillic and Greek letters (and a few Latin variants)
+# folded to the ASCII letter they imitate.
+_LOOKALIKES = (  # Cyrillic (and Latin script g), then Greek
+    "\u0430\u0432\u0435\u0451\u043a\u043c\u043d\u043e"
+    "\u0440\u0441\u0442\u0443\u0445\u0455\u0456\u0457"
+    "\u0458\u0501\u051b\u051d\u04cf\u04bb\u0261\u04af"
+    "\u0410\u0412\u0415\u0401\u041a\u041c\u041d\u041e"
+    "\u0420\u0421\u0422\u0423\u0425\u0405\u0406\u0407"
+    "\u0408\u0500\u051a\u051c\u04c0\u04ba\u04ae"
+    "\u03b1\u03bf\u03bd\u03c1\u03c4\u03c5\u03b9\u03ba"
+    "\u03c7\u03b5\u03f2\u03f3\u0391\u0392\u0395\u0396"
+    "\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4"
+    "\u03a5\u03a7\u03f9"
+)
+_LOOKALIKE_TARGETS = (  # the ASCII letter each of the above imitates, in the same order
+    "abeekmhopctyxsiijdqwlhgyABEEKMHOPCTYXSIIJDQWIHYaovptuikxecjABEZHIKMNOPTYXC"
+)
+HOMOGLYPHS: dict[str, str] = dict(zip(_LOOKALIKES, _LOOKALIKE_TARGETS, strict=True))
+_HOMOGLYPH_TABLE = {ord(k): v for k, v in HOMOGLYPHS.items()}
+_HOMOGLYPH_RE = re.compile("[" + "".join(sorted(HOMOGLYPHS)) + "]")
+_WORD_CHAR_RE = re.compile(r"[^\W\d_]")
+_MAX_WORD = 64
+
+# Characters folded beyond what compatibility decomposition gives.
+_EXTRA_FOLDS = {
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
+    "\u2015": "-", "\u2212": "-", "\u2028": " ", "\u2029": " ", "\u0085": " ",
+}  # fmt: skip
+
+# Code point ranges whose characters get a precomputed fold.
+_FOLD_RANGES = (
+    (0x0080, 0x04FF),  # Latin-1, Latin Extended, IPA, combining marks, Greek, Cyrillic
+    (0x1AB0, 0x1AFF),  # combining marks extended
+    (0x1DC0, 0x1EFF),  # combining marks supplement, Latin Extended Additional
+    (0x2000, 0x218F),  # punctuation, super/subscripts, letterlike, number forms
+    (0x2212, 0x2212),  # minus sign
+    (0x2460, 0x24FF),  # enclosed alphanumerics
+    (0x3000, 0x3000),  # ideographic space
+    (0xFB00, 0xFB4F),  # ligatures
+    (0xFE20, 0xFE2F),  # combining half marks
+    (0xFE50, 0xFE6F),  # small forms
+    (0xFF00, 0xFFEF),  # full-width and half-width forms
+    (0x1D400, 0x1D7FF),  # mathematical alphanumerics
+    (0x1F100, 0x1F1FF),  # enclosed alphanumeric supplement
+)
+
+
+def _fold_one(ch: str) -> str:
+    if ch in _ZERO_WIDTH or ch in _BIDI or _TAG_RANGE[0] <= ord(ch) <= _TAG_RANGE[1]:
+        return ""
+    if ch in _EXTRA_FOLDS:
+        return _EXTRA_FOLDS[ch]
+    decomposed = unicodedata.normalize("NFKD", ch)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", stripped)
+
+
+def _build_fold_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for low, high in _FOLD_RANGES:
+        for cp in range(low, high + 1):
+            ch = chr(cp)
+            folded = _fold_one(ch)
+            if folded != ch:
+                table[cp] = folded
+    for cp in range(_TAG_RANGE[0], _TAG_RANGE[1] + 1):
+        table[cp] = ""
+    for ch in _ZERO_WIDTH + _BIDI:
+        table[ord(ch)] = ""
+    return table
+
+
+def _char_class(codepoints: Iterable[int]) -> str:
+    ranges: list[tuple[int, int]] = []
+    for cp in sorted(codepoints):
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    parts = [
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+        for a, b in ranges
+    ]
+    return "[" + "".join(parts) + "]"
+
+
+_FOLD_TABLE = _build_fold_table()
+# Characters whose fold is not exactly one character (deleted or expanded).
+_IRREGULAR_RE = re.compile(_char_class(cp for cp, v in _FOLD_TABLE.items() if len(v) != 1))
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
+_ASCII_WS = {cp: " " for cp in (9, 10, 11, 12, 13, 28, 29, 30, 31)}
+_MULTI_SPACE_RE = re.compile(" {2,}")
+
+# ---------------------------------------------------------------- payload detection
+
+_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_B64_MARK = bytes(ord("x") if i in _B64_CHARS else ord(" ") for i in range(256))
+_MIN_RUN = 16
+_RUN_NEEDLE = b"x" * _MIN_RUN
+_ENCODED_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+_PCT_ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
+_MIN_URL_ESCAPES = 3
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on payload decoding for one field text."""
+
+    max_payloads: int = 8
+    max_payload_chars: int = 65_536
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------- span maps
+
+
+class SpanMap(Protocol):
+    def span(self, start: int, end: int) -> tuple[int, int]: ...
+
+
+class Identity:
+    __slots__ = ()
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        return start, end
+
+
+IDENTITY = Identity()
+
+
+class Fixed:
+    """Every position maps to one span (a decoded payload maps to its encoded run)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: tuple[int, int]) -> None:
+        self._span = span
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        return self._span
+
+
+class EditMap:
+    """Positions in a new text mapped to an old text through a list of edits.
+
+    Each edit says: new[new_start:new_end] replaced old[old_start:old_end].
+    Outside edits the texts align one to one.
+    """
+
+    __slots__ = ("_new_end", "_new_start", "_old_end", "_old_start")
+
+    def __init__(self, edits: list[tuple[int, int, int, int]]) -> None:
+        self._new_start = [e[0] for e in edits]
+        self._new_end = [e[1] for e in edits]
+        self._old_start = [e[2] for e in edits]
+        self._old_end = [e[3] for e in edits]
+
+    def _char(self, pos: int) -> tuple[int, int]:
+        k = bisect_right(self._new_start, pos) - 1
+        if k < 0:
+            return pos, pos + 1
+        if pos < self._new_end[k]:
+            return self._old_start[k], self._old_end[k]
+        old = pos - self._new_end[k] + self._old_end[k]
+        return old, old + 1
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        if end <= start:
+            pos = self._char(start)[0]
+            return pos, pos
+        return self._char(start)[0], self._char(end - 1)[1]
+
+
+class Composed:
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, outer: SpanMap, inner: SpanMap) -> None:
+        self._outer = outer
+        self._inner = inner
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        return self._inner.span(*self._outer.span(start, end))
+
+
+class LazyCollapse:
+    """The map of a whitespace collapse, computed from the uncollapsed text on first use."""
+
+    __slots__ = ("_map", "_text")
+
+    def __init__(self, uncollapsed: str) -> None:
+        self._text = uncollapsed
+        self._map: EditMap | None = None
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        if self._map is None:
+            self._map = EditMap(_collapse_edits(self._text))
+        return self._map.span(start, end)
+
+
+def _collapse_edits(text: str) -> list[tuple[int, int, int, int]]:
+    edits: list[tuple[int, int, int, int]] = []
+    shift = 0
+    for match in _MULTI_SPACE_RE.finditer(text):
+        old_start, old_end = match.span()
+        new_start = old_start - shift
+        edits.append((new_start, new_start + 1, old_start, old_end))
+        shift += old_end - old_start - 1
+    return edits
+
+
+def _compose(outer: SpanMap, inner: SpanMap) -> SpanMap:
+    if isinstance(outer, Identity):
+        return inner
+    if isinstance(inner, Identity):
+        return outer
+    return Composed(outer, inner)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    text: str
+    map: SpanMap
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One text to scan: the field itself or a payload decoded from it."""
+
+    kw: View
+    regex_views: tuple[View, ...]
+    origin: tuple[int, int] | None = None  # encoded run in the original, for payloads
+    encoding: str | None = None
+
+
+@dataclass(slots=True)
+class Normalised:
+    original: str
+    sources: list[Source]
+    signals: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def add_signal(self, name: str, span: tuple[int, int]) -> None:
+        spans = self.signals.setdefault(name, [])
+        if len(spans) < _MAX_SIGNAL_SPANS:
+            spans.append(span)
+
+
+# ---------------------------------------------------------------- folding
+
+
+def _collapse(text: str) -> View:
+    spaced = text.translate(_ASCII_WS)
+    if "  " not in spaced:
+        return View(spaced, IDENTITY)
+    return View(_MULTI_SPACE_RE.sub(" ", spaced), LazyCollapse(spaced))
+
+
+def _fold_char(ch: str) -> str:
+    folded = _FOLD_TABLE.get(ord(ch))
+    if folded is not None:
+        return folded
+    return unicodedata.normalize("NFKC", ch)
+
+
+def _fold_non_ascii(text: str, out: Normalised) -> tuple[str, SpanMap]:
+    """Per-character folding of the non-ASCII runs; ASCII is left untouched."""
+    pieces: list[str] = []
+    edits: list[tuple[int, int, int, int]] = []
+    pos = 0
+    new_len = 0
+    for match in _NON_ASCII_RE.finditer(text):
+        start, end = match.span()
+        pieces.append(text[pos:start])
+        new_len += start - pos
+        run = match.group()
+        invisible = _INVISIBLE_RE.search(run)
+        if invisible is not None:
+            out.add_signal("hidden_unicode", (start + invisible.start(), start + invisible.end()))
+        translated = run.translate(_FOLD_TABLE)
+        if _IRREGULAR_RE.search(run) is None and unicodedata.is_normalized("NFKC", translated):
+            pieces.append(translated)
+            new_len += len(translated)
+        else:
+            for offset, ch in enumerate(run):
+                folded = _fold_char(ch)
+                if len(folded) != 1:
+                    edits.append(
+                        (new_len, new_len + len(folded), start + offset, start + offset + 1)
+                    )
+                pieces.append(folded)
+                new_len += len(folded)
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces), (EditMap(edits) if edits else IDENTITY)
+
+
+def _word_bounds(text: str, pos: int) -> tuple[int, int]:
+    start = pos
+    while start > 0 and pos - start < _MAX_WORD and _WORD_CHAR_RE.match(text, start - 1):
+        start -= 1
+    end = pos + 1
+    while end < len(text) and end - pos < _MAX_WORD and _WORD_CHAR_RE.match(text, end):
+        end += 1
+    return start, end
+
+
+def _fold_homoglyphs(text: str, fold_map: SpanMap, out: Normalised) -> str:
+    """Fold look-alikes in words made only of Latin letters and look-alikes."""
+    if _HOMOGLYPH_RE.search(text) is None:
+        return text
+    replacements: list[tuple[int, int, str]] = []
+    done = 0
+    for match in _HOMOGLYPH_RE.finditer(text):
+        if match.start() < done:
+            continue
+        start, end = _word_bounds(text, match.start())
+        done = end
+        word = text[start:end]
+        folded = word.translate(_HOMOGLYPH_TABLE)
+        if not folded.isascii():
+            continue
+        replacements.append((start, end, folded))
+        if any(ch.isascii() for ch in word):
+            out.add_signal("homoglyph", fold_map.span(start, end))
+    if not replacements:
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for start, end, folded in replacements:
+        pieces.append(text[pos:start])
+        pieces.append(folded)
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _casefold(text: str) -> tuple[str, SpanMap]:
+    folded = text.casefold()
+    if len(folded) == len(text):
+        return folded, IDENTITY
+    pieces: list[str] = []
+    edits: list[tuple[int, int, int, int]] = []
+    new_len = 0
+    for index, ch in enumerate(text):
+        lowered = ch.casefold()
+        if len(lowered) != 1:
+            edits.append((new_len, new_len + len(lowered), index, index + 1))
+        pieces.append(lowered)
+        new_len += len(lowered)
+    return "".join(pieces), EditMap(edits)
+
+
+def fold_keyword(phrase: str) -> str:
+    """Normalise a rule keyword exactly as field text is normalised, trimmed."""
+    return normalise(phrase, limits=Limits(max_payloads=0)).sources[0].kw.text.strip()
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def _printable(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(text.strip()) < 4:
+        return None
+    if len(_CONTROL_RE.findall(text)) > len(text) // 10:
+        return None
+    return text
+
+
+def _decode_base64(run: str) -> str | None:
+    body = run.rstrip("=")
+    if ("-" in body or "_" in body) and ("+" in body or "/" in body):
+        return None
+    body = body.translate(_URLSAFE)
+    if len(body) % 4 == 1:
+        return None
+    try:
+        raw = binascii.a2b_base64(body + "=" * (-len(body) % 4), strict_mode=True)
+    except binascii.Error:
+        return None
+    return _printable(raw)
+
+
+def _decode_run(run: str) -> tuple[str, str] | None:
+    if len(run) % 2 == 0 and _HEX_RE.fullmatch(run):
+        text = _printable(bytes.fromhex(run))
+        if text is not None:
+            return "hex", text
+    text = _decode_base64(run)
+    return ("base64", text) if text is not None else None
+
+
+def _has_encoded_run(text: str) -> bool:
+    data = text.encode("utf-8", "surrogatepass")
+    return _RUN_NEEDLE in data.translate(_B64_MARK)
+
+
+def _encoded_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
+    found: list[tuple[int, int, str, str]] = []
+    max_encoded = limits.max_payload_chars * 2
+    for match in _ENCODED_RUN_RE.finditer(text):
+        if len(found) >= limits.max_payloads:
+            break
+        run = match.group()
+        if len(run) > max_encoded:
+            run = run[: max_encoded - max_encoded % 4]
+        decoded = _decode_run(run)
+        if decoded is not None:
+            found.append((match.start(), match.end(), decoded[0], decoded[1]))
+    return found
+
+
+def _url_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
+    found: list[tuple[int, int, str, str]] = []
+    spaced = text.translate(_ASCII_WS)
+    end = -1
+    for match in _PCT_ESCAPE_RE.finditer(spaced):
+        if match.start() < end:
+            continue
+        if len(found) >= limits.max_payloads:
+            break
+        start = spaced.rfind(" ", 0, match.start()) + 1
+        end = spaced.find(" ", match.end())
+        end = len(spaced) if end < 0 else end
+        token = text[start:end][: limits.max_payload_chars * 3]
+        if len(_PCT_ESCAPE_RE.findall(token)) < _MIN_URL_ESCAPES:
+            continue
+        decoded = unquote_plus(token, errors="replace")
+        if _CONTROL_RE.search(decoded) is None:
+            found.append((start, end, "url", decoded))
+    return found
+
+
+def _tag_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
+    found: list[tuple[int, int, str, str]] = []
+    for match in _TAG_RUN_RE.finditer(text):
+        if len(found) >= limits.max_payloads:
+            break
+        hidden = "".join(chr(ord(ch) - 0xE0000) for ch in match.group())
+        found.append((match.start(), match.end(), "unicode_tags", hidden))
+    return found
+
+
+def _payload_source(span: tuple[int, int], encoding: str, decoded: str) -> Source:
+    inner = normalise(decoded, limits=Limits(max_payloads=0))
+    fixed = Fixed(span)
+    views = tuple(View(v.text, fixed) for v in inner.sources[0].regex_views)
+    return Source(View(inner.sources[0].kw.text, fixed), views, span, encoding)
+
+
+def _add_payloads(out: Normalised, limits: Limits, non_ascii: bool) -> None:
+    text = out.original
+    runs: list[tuple[int, int, str, str]] = []
+    if _has_encoded_run(text):
+        runs.extend(_encoded_runs(text, limits))
+    if "%" in text:
+        runs.extend(_url_runs(text, limits))
+    if non_ascii:
+        runs.extend(_tag_runs(text, limits))
+    for start, end, encoding, decoded in runs[: limits.max_payloads]:
+        out.sources.append(_payload_source((start, end), encoding, decoded))
+        out.add_signal(
+            "hidden_unicode" if encoding == "unicode_tags" else "encoded_payload", (start, end)
+        )
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def normalise(text: str, *, limits: Limits = DEFAULT_LIMITS) -> Normalised:
+    """Fold ``text`` for scanning; see the module docstring for what comes out."""
+    if text.isascii():
+        out = Normalised(text, [Source(_collapse(text.lower()), (View(text, IDENTITY),))])
+        if limits.max_payloads:
+            _add_payloads(out, limits, non_ascii=False)
+        return out
+    out = Normalised(text, [])
+    clean, fold_map = _fold_non_ascii(text, out)
+    clean = _fold_homoglyphs(clean, fold_map, out)
+    lowered, case_map = _casefold(clean)
+    kw = _collapse(lowered)
+    kw_map = _compose(kw.map, _compose(case_map, fold_map))
+    views = (
+        (View(text, IDENTITY),) if clean == text else (View(text, IDENTITY), View(clean, fold_map))
+    )
+    out.sources.append(Source(View(kw.text, kw_map), views))
+    if limits.max_payloads:
+        _add_payloads(out, limits, non_ascii=True)
+    return out
