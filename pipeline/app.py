@@ -128,11 +128,11 @@ async def _archive_with_retries(store: ArchiveStore, records: list[RawRecord]) -
         try:
             await asyncio.to_thread(store.append, records)
             return
-        except OSError as exc:
+        except Exception as exc:  # any failure: retry, then stop hard; never ack-and-skip
             first, last = records[0], records[-1]
-            log.error("archive write failed (attempt %d/%d) for %s[%d]@%d..%d: %s",
+            log.error("archive write failed (attempt %d/%d) for %s[%d]@%d..%d: %s: %s",
                       attempt, ARCHIVE_RETRIES, first.topic, first.partition, first.offset,
-                      last.offset, exc)
+                      last.offset, type(exc).__name__, exc)
             if attempt == ARCHIVE_RETRIES:
                 break
             await asyncio.sleep(delay)
