@@ -60,7 +60,7 @@ def serve_passthrough() -> None:
             yield None
 
     @app.on_partitions_assigned.connect
-    async def ready(app_: Any, assigned: Any, **_: Any) -> None:
+    async def ready(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         nonlocal announced
         if not announced:
             announced = True

@@ -45,7 +45,7 @@ ARCHIVE_RETRIES = 5
 EXIT_ARCHIVE_FAILED = 75
 
 
-class LlmtrailApp(faust.App):  # type: ignore[misc]
+class LlmtrailApp(faust.App):
     """faust.App with our tuned transport (configurable consumer fetch wait)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
@@ -173,11 +173,9 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
                 await asyncio.gather(*pending)
             yield None
 
-    @app.task
     async def follow() -> None:
         await follow_users(settings, users, users_ready)
 
-    @app.task
     async def reload_rules() -> None:
         if settings.rules_reload_seconds <= 0:
             return
@@ -197,10 +195,13 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
             engine.swap(ruleset)
             log.warning("rules reloaded: %d rules", len(ruleset.rules))
 
+    app.task(follow)
+    app.task(reload_rules)
+
     announced = False
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(app_: Any, assigned: Any, **_: Any) -> None:
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         nonlocal announced
         if not announced:
             announced = True
@@ -209,7 +210,7 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
                   flush=True)
 
     @app.on_before_shutdown.connect
-    def close_archive(app_: Any, **_: Any) -> None:
+    def close_archive(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         store.close()
 
     return app
@@ -222,7 +223,7 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         log.warning("user context not loaded after %.0fs; continuing", timeout)
 
 
-class Worker(faust.Worker):  # type: ignore[misc]
+class Worker(faust.Worker):
     """faust.Worker without the terminal spinner, with the root logger at the requested level.
 
     Faust leaves the root logger at DEBUG whatever the level asked for, and its

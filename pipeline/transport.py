@@ -16,7 +16,7 @@ import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
-class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: int = 100
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
@@ -26,7 +26,7 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignor
         return consumer
 
 
-class TunedConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class TunedConsumer(faust_aiokafka.Consumer):
     fetch_max_wait_ms: int = 100
 
     def _new_consumer_thread(self) -> TunedConsumerThread:
