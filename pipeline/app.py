@@ -247,7 +247,8 @@ def run_worker(settings: Settings) -> None:
         for error in exc.errors:
             print(error, file=sys.stderr)
         raise SystemExit(2) from None
-    engine = Engine(ruleset, salt=settings.fingerprint_salt.reveal().encode())
+    engine = Engine(ruleset, salt=settings.fingerprint_salt.reveal().encode(),
+                    use_hyperscan=settings.engine_hyperscan)
     # Create the topics with our partition count before Faust or a client auto-creates them.
     asyncio.run(ensure_topics(settings))
     app = build_app(settings, engine)

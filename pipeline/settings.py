@@ -120,6 +120,10 @@ class Settings:
         "LLMTRAIL_RULES_RELOAD_SECONDS", 5.0,
         "How often workers check rule files for changes (0 disables hot reload).",
     )
+    engine_hyperscan: bool = _setting(
+        "LLMTRAIL_ENGINE_HYPERSCAN", False,
+        "Prefilter regexes with Hyperscan (off: its compile of the shipped rules is too slow yet).",
+    )
     max_event_bytes: int = _setting(
         "LLMTRAIL_MAX_EVENT_BYTES", 1_048_576, "Events larger than this are dead-lettered."
     )
