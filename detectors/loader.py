@@ -387,39 +387,38 @@ class _Loader:
 
     def regex_problem(self, source: str) -> str | None:
         """Why a regex is unusable (syntax, empty match, backtracking), or None."""
+        return self.check_regex(source)[1]
+
+    def check_regex(self, source: str) -> tuple[Pattern | None, str | None]:
         try:
             compiled = regex.compile(source)
         except regex.error as exc:
-            return f"invalid regex {source!r}: {exc}"
+            return None, f"invalid regex {source!r}: {exc}"
         info = regexinfo.analyse(source)
         if info.min_width == 0 or (info.min_width is None and compiled.search("") is not None):
-            return f"regex {source!r} can match the empty string"
+            return None, f"regex {source!r} can match the empty string"
         if info.problems:
-            return f"regex {source!r} rejected: {info.problems[0]}"
+            return None, f"regex {source!r} rejected: {info.problems[0]}"
         slow = regexinfo.slow_input(compiled, source)
         if slow is not None:
-            return (
+            return None, (
                 f"regex {source!r} may backtrack catastrophically: a {len(slow)}-character "
                 f"input took longer than {regexinfo.CHECK_TIMEOUT:g}s"
             )
-        return None
+        secret: str | int = "secret" if "secret" in compiled.groupindex else 0
+        check: str | int = secret if secret else (1 if compiled.groups else 0)
+        return Pattern(source, compiled, info.gate, secret, check, info.largest_repeat), None
 
     def pattern(self, node: YNode, rule_id: str | None) -> Pattern | None:
         source = self.string(node, "'regex'", rule_id)
         if source is None:
             return None
         if source not in self.patterns:
-            problem = self.regex_problem(source)
+            pattern, problem = self.check_regex(source)
+            self.patterns[source] = pattern
             if problem is not None:
                 self.error(node.loc, rule_id, problem)
-                self.patterns[source] = None
-                return None
-            compiled = regex.compile(source)
-            secret: str | int = "secret" if "secret" in compiled.groupindex else 0
-            check: str | int = secret if secret else (1 if compiled.groups else 0)
-            gate = regexinfo.analyse(source).gate
-            self.patterns[source] = Pattern(source, compiled, gate, secret, check)
-            return self.patterns[source]
+            return pattern
         cached = self.patterns[source]
         if cached is None:
             self.error(node.loc, rule_id, f"regex {source!r} is rejected (see above)")

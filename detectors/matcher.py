@@ -4,13 +4,18 @@ All keyword phrases of all rules go into one ``ahocorasick.Automaton`` run
 over the keyword view of each text. Regexes are never run blindly: a regex is
 a *candidate* for a text only if
 
-* Hyperscan (when available) reports it may match: every regex Hyperscan can
-  compile goes into one database compiled in prefilter mode with
-  ``HS_FLAG_SINGLEMATCH``; the database says *which* regexes can match, and the
-  ``regex`` package then finds the exact spans and groups of just those; or
-* (fallback, and for regexes Hyperscan cannot compile) one of the literals the
-  regex requires was found by the same Aho-Corasick pass, or a short required
-  literal occurs in the text, or the regex has no required literal at all.
+* one of the literals the regex requires (derived from its parse tree) was
+  found by the same Aho-Corasick pass; or, for regexes without such a literal,
+* Hyperscan (when available) reports it may match: those regexes go into one
+  database compiled in prefilter mode with ``HS_FLAG_SINGLEMATCH``, which says
+  *which* of them can match; or (fallback, and for regexes Hyperscan cannot
+  compile) a short required literal occurs in the text, or the regex has no
+  required literal at all and simply runs.
+
+Regexes with a literal anchor stay out of the Hyperscan database on purpose:
+the shared automaton already prefilters them for free, and Hyperscan's
+compile time grows steeply with large bounded repeats under Unicode mode
+(minutes for this repo's packs), which would stall rule reloads.
 
 Either way the final spans come from the ``regex`` package, so both paths give
 the same findings; Hyperscan only decides what to skip.
@@ -34,6 +39,8 @@ except ImportError:  # pragma: no cover - depends on the platform
     _hs = None
 
 MAX_SPANS_PER_KEYWORD = 16
+# Patterns with a finite repeat bound above this compile too slowly in Hyperscan.
+HYPERSCAN_MAX_REPEAT = 32
 
 # (phrase length, needs word boundary on the left, on the right,
 #  keyword leaf ids, pattern ids gated by this literal)
@@ -48,37 +55,33 @@ def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-def _compile_hyperscan(patterns: Sequence[Pattern]) -> tuple[Any, frozenset[int]]:
-    """A prefilter database of every pattern Hyperscan accepts, and their ids."""
+def _compile_hyperscan(
+    patterns: Sequence[Pattern], ids: Sequence[int]
+) -> tuple[Any, frozenset[int]]:
+    """A prefilter database of the given patterns that Hyperscan accepts, and their ids."""
     assert _hs is not None
     flags = _hs.HS_FLAG_UTF8 | _hs.HS_FLAG_UCP | _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_PREFILTER
 
-    def build(ids: Sequence[int]) -> Any:
+    def build(chosen: Sequence[int]) -> Any:
         db = _hs.Database()
         db.compile(
-            expressions=[patterns[i].source.encode("utf-8") for i in ids],
-            ids=list(ids),
-            elements=len(ids),
-            flags=[flags] * len(ids),
+            expressions=[patterns[i].source.encode("utf-8") for i in chosen],
+            ids=list(chosen),
+            elements=len(chosen),
+            flags=[flags] * len(chosen),
         )
         return db
 
-    ids = list(range(len(patterns)))
-    if not ids:
+    accepted = []
+    for i in ids:
+        try:
+            build([i])
+        except _hs.error:  # syntax Hyperscan does not know: that pattern stays out
+            continue
+        accepted.append(i)
+    if not accepted:
         return None, frozenset()
-    try:
-        return build(ids), frozenset(ids)
-    except _hs.error:
-        accepted = []
-        for i in ids:
-            try:
-                build([i])
-            except _hs.error:
-                continue
-            accepted.append(i)
-        if not accepted:
-            return None, frozenset()
-        return build(accepted), frozenset(accepted)
+    return build(accepted), frozenset(accepted)
 
 
 class Matcher:
@@ -97,7 +100,14 @@ class Matcher:
         self._db: Any = None
         self.hyperscan_ids: frozenset[int] = frozenset()
         if use_hyperscan:
-            self._db, self.hyperscan_ids = _compile_hyperscan(patterns)
+            unanchored = [
+                i
+                for i, p in enumerate(self.patterns)
+                if p.gate.kind != "ac"
+                and p.largest_repeat is not None
+                and p.largest_repeat <= HYPERSCAN_MAX_REPEAT
+            ]
+            self._db, self.hyperscan_ids = _compile_hyperscan(self.patterns, unanchored)
         self._local = threading.local()
         self.automaton = self._build_automaton(keyword_leaves)
 

@@ -75,6 +75,9 @@ class Pattern:
     evidence_group: str | int
     # Validators check ``secret``, else group 1, else the whole hit.
     check_group: str | int
+    # Largest finite repeat bound (None: not parsed); large bounds make
+    # Hyperscan's compile slow, so such patterns stay out of its database.
+    largest_repeat: int | None = None
 
 
 @dataclass(frozen=True, eq=False, slots=True)

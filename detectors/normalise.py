@@ -411,6 +411,39 @@ def _casefold(text: str) -> tuple[str, SpanMap]:
     return "".join(pieces), EditMap(edits)
 
 
+def _fold_stable(ch: str) -> bool:
+    """Folding leaves the (case-folded) character as it is, wherever it occurs."""
+    return ch.isascii() or (_fold_char(ch) == ch and len(ch.casefold()) == 1)
+
+
+def stable_pieces(literal: str) -> list[str]:
+    """Pieces of ``literal`` (case-folded) that survive in the keyword view.
+
+    Whenever ``literal`` occurs in a text (case-insensitively), each returned
+    piece occurs in that text's keyword view. Whitespace and characters that
+    folding may change split the literal. Look-alike letters are kept only in
+    pieces that also hold a non-ASCII letter which is not a look-alike: a word
+    containing such a letter is never homoglyph-folded.
+    """
+    pieces: list[str] = []
+    current: list[str] = []
+    for ch in literal.casefold():
+        if ch.isspace() or not _fold_stable(ch):
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    pieces.append("".join(current))
+    out: list[str] = []
+    for piece in pieces:
+        anchored = any(not c.isascii() and c.isalpha() and c not in HOMOGLYPHS for c in piece)
+        if anchored or _HOMOGLYPH_RE.search(piece) is None:
+            out.append(piece)
+        else:
+            out.extend(_HOMOGLYPH_RE.split(piece))
+    return [piece for piece in out if piece]
+
+
 def fold_keyword(phrase: str) -> str:
     """Normalise a rule keyword exactly as field text is normalised, trimmed."""
     return normalise(phrase, limits=Limits(max_payloads=0)).sources[0].kw.text.strip()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.model import Gate
+from detectors.normalise import stable_pieces
 
 # Python's regex parser; private, but stable across 3.11+ and the only parser
 # of this syntax in the standard library.
@@ -49,6 +50,7 @@ class RegexInfo:
     gate: Gate
     min_width: int | None  # None when the pattern could not be parsed
     problems: tuple[str, ...]  # backtracking hazards found statically
+    largest_repeat: int | None  # the largest finite upper bound of any repeat
 
 
 def _name(op: Any) -> str:
@@ -268,16 +270,7 @@ def _hazards(items: Sequence[tuple[Any, Any]], icase: bool, out: list[str]) -> N
 
 def _usable(literal: str) -> str:
     """The longest piece of a literal that survives text folding unchanged."""
-    pieces: list[str] = []
-    current: list[str] = []
-    for ch in literal.lower():
-        if ch.isascii() and not ch.isspace():
-            current.append(ch)
-        else:
-            pieces.append("".join(current))
-            current = []
-    pieces.append("".join(current))
-    return max(pieces, key=len)
+    return max(stable_pieces(literal), key=len, default="")
 
 
 def _alternatives(raw: Iterable[str]) -> frozenset[str] | None:
@@ -295,8 +288,8 @@ def _better(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str
         return b
     if b is None:
         return a
-    key_a = (min(map(len, a)), -len(a))
-    key_b = (min(map(len, b)), -len(b))
+    key_a = (min(map(_weight, a)), -len(a))
+    key_b = (min(map(_weight, b)), -len(b))
     return b if key_b > key_a else a
 
 
@@ -356,11 +349,17 @@ def _required(items: Sequence[tuple[Any, Any]]) -> frozenset[str] | None:
     return best
 
 
+def _weight(literal: str) -> int:
+    """How selective a literal is: non-ASCII characters count double."""
+    return sum(1 if ch.isascii() else 2 for ch in literal)
+
+
 def gate_for(literals: frozenset[str] | None) -> Gate:
     if not literals:
         return Gate("always")
     ordered = tuple(sorted(literals))
-    if min(map(len, literals)) >= _AC_MIN_LITERAL and len(literals) <= _AC_MAX_ALTERNATIVES:
+    selective = min(map(_weight, literals)) >= _AC_MIN_LITERAL
+    if selective and len(literals) <= _AC_MAX_ALTERNATIVES:
         return Gate("ac", ordered)
     if len(literals) <= _SUBSTRING_MAX_ALTERNATIVES:
         return Gate("substring", ordered)
@@ -370,12 +369,36 @@ def gate_for(literals: frozenset[str] | None) -> Gate:
 def analyse(source: str) -> RegexInfo:
     tree = parse(source)
     if tree is None:
-        return RegexInfo(Gate("always"), None, ())
+        return RegexInfo(Gate("always"), None, (), None)
     icase = bool(tree.state.flags & _IGNORECASE)
     problems: list[str] = []
     _hazards(_items(tree), icase, problems)
     low, _ = tree.getwidth()
-    return RegexInfo(gate_for(_required(_items(tree))), int(low), tuple(dict.fromkeys(problems)))
+    return RegexInfo(
+        gate_for(_required(_items(tree))),
+        int(low),
+        tuple(dict.fromkeys(problems)),
+        _largest_repeat(_items(tree)),
+    )
+
+
+def _largest_repeat(items: Sequence[tuple[Any, Any]]) -> int:
+    largest = 0
+    for op, av in items:
+        name = _name(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if av[1] != _MAXREPEAT:
+                largest = max(largest, int(av[1]))
+            largest = max(largest, _largest_repeat(_items(av[2])))
+        elif name == "SUBPATTERN":
+            largest = max(largest, _largest_repeat(_items(av[3])))
+        elif name == "ATOMIC_GROUP":
+            largest = max(largest, _largest_repeat(_items(av)))
+        elif name == "BRANCH":
+            largest = max([largest, *(_largest_repeat(_items(b)) for b in av[1])])
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            largest = max(largest, _largest_repeat(_items(av[1])))
+    return largest
 
 
 # ---------------------------------------------------------------- timed check
@@ -386,7 +409,9 @@ def _sample(items: Sequence[tuple[Any, Any]], icase: bool) -> str:
     out: list[str] = []
     for op, av in items:
         name = _name(op)
-        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+        if name == "LITERAL":
+            out.append(chr(av))
+        elif name in ("NOT_LITERAL", "ANY", "IN"):
             out.append(next((ch for ch in _PROBES if _char_matches(op, av, ch, icase)), "a"))
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             out.append(_sample(_items(av[2]), icase) * av[0])
@@ -401,9 +426,9 @@ def _sample(items: Sequence[tuple[Any, Any]], icase: bool) -> str:
 
 def _pumps(items: Sequence[tuple[Any, Any]], prefix: str, icase: bool, out: list[str]) -> None:
     """Attack strings: the text before a repeat, then its body pumped, then a mismatch."""
-    for index, (op, av) in enumerate(items):
+    here = prefix
+    for op, av in items:
         name = _name(op)
-        here = prefix + _sample(items[:index], icase)
         if name in ("MAX_REPEAT", "MIN_REPEAT") and av[1] > 1:
             body = _items(av[2])
             bodies = [body]
@@ -419,6 +444,7 @@ def _pumps(items: Sequence[tuple[Any, Any]], prefix: str, icase: bool, out: list
         elif name == "BRANCH":
             for branch in av[1]:
                 _pumps(_items(branch), here, icase, out)
+        here += _sample([(op, av)], icase)
 
 
 def attack_inputs(source: str) -> list[str]:

@@ -1,0 +1,239 @@
+"""``llmtrail rules lint``, ``llmtrail rules test`` and ``llmtrail scan``.
+
+The rule author's loop, all offline: check rule files, run their examples,
+and run the engine over a JSON-lines file of Event v1 records. Handlers take
+``(args, settings)`` and return the exit code (0 fine, 1 problems found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import orjson
+
+from detectors import Engine, RuleSet, RuleSetError, build_alert, load_rules, run_examples
+from detectors.event import EventError, decode_event
+from pipeline.settings import Settings
+
+EXIT_OK, EXIT_PROBLEMS = 0, 1
+_PROGRESS_EVERY = 0.5  # seconds between progress lines on a terminal
+
+
+def _paths(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    given: list[Path] = args.paths or []
+    return given or list(settings.rules)
+
+
+def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
+    try:
+        return load_rules(paths)
+    except RuleSetError as exc:
+        for error in exc.errors:
+            print(error, file=err)
+        count = len(exc.errors)
+        print(f"{count} error{'s' if count != 1 else ''}", file=err)
+        return None
+
+
+def _engine(ruleset: RuleSet, settings: Settings, choice: str, **options: Any) -> Engine:
+    use_hyperscan = {"auto": None, "hyperscan": True, "python": False}[choice]
+    salt = settings.fingerprint_salt.reveal().encode()
+    return Engine(ruleset, salt=salt, use_hyperscan=use_hyperscan, **options)
+
+
+def lint(paths: Sequence[Path], out: TextIO, err: TextIO) -> int:
+    ruleset = _load(paths, err)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    files = len(ruleset.sources)
+    print(
+        f"{len(ruleset.rules)} rules in {files} file{'s' if files != 1 else ''}: OK",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def test(
+    paths: Sequence[Path], settings: Settings, engine_choice: str, out: TextIO, err: TextIO
+) -> int:
+    ruleset = _load(paths, err)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    engine = _engine(ruleset, settings, engine_choice, include_disabled=True)
+    failures = run_examples(ruleset, engine)
+    for failure in failures:
+        print(failure, file=err)
+    total = sum(len(rule.examples) for rule in ruleset.rules)
+    print(f"{total - len(failures)} examples passed, {len(failures)} failed", file=out)
+    return EXIT_PROBLEMS if failures else EXIT_OK
+
+
+def _lines(source: str) -> Iterator[tuple[int, bytes]]:
+    stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    try:
+        for number, line in enumerate(stream, start=1):
+            raw = line.rstrip(b"\r\n")
+            if raw.strip():
+                yield number, raw
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def scan(
+    *,
+    source: str,
+    destination: str,
+    paths: Sequence[Path],
+    settings: Settings,
+    engine_choice: str,
+    err: TextIO,
+) -> int:
+    ruleset = _load(paths, err)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    engine = _engine(ruleset, settings, engine_choice)
+    progress = err.isatty()
+    events = invalid = size = 0
+    by_rule: Counter[str] = Counter()
+    started = last_report = time.perf_counter()
+    output: BinaryIO = sys.stdout.buffer if destination == "-" else open(destination, "wb")  # noqa: SIM115
+    try:
+        for number, raw in _lines(source):
+            size += len(raw)
+            try:
+                event = decode_event(raw, max_bytes=settings.max_event_bytes)
+            except EventError as exc:
+                invalid += 1
+                print(f"{source}:{number}: invalid event: {exc.reason}", file=err)
+                continue
+            events += 1
+            detected_at = _utc_now()
+            for finding in engine.scan(event):
+                by_rule[finding.rule_id] += 1
+                alert = build_alert(finding, event, detected_at=detected_at)
+                output.write(orjson.dumps(alert) + b"\n")
+            now = time.perf_counter()
+            if progress and now - last_report >= _PROGRESS_EVERY:
+                last_report = now
+                rate = events / (now - started)
+                err.write(f"\r{events} events, {sum(by_rule.values())} alerts, {rate:,.0f}/s ")
+                err.flush()
+    finally:
+        if output is not sys.stdout.buffer:
+            output.close()
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    if progress:
+        err.write("\r" + " " * 60 + "\r")
+    _summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed, size=size, err=err)
+    return EXIT_OK
+
+
+def _summary(
+    *, events: int, invalid: int, by_rule: Counter[str], elapsed: float, size: int, err: TextIO
+) -> None:
+    print(
+        f"{events} events, {invalid} invalid lines, {sum(by_rule.values())} alerts "
+        f"in {elapsed:.2f}s ({events / elapsed:,.0f} events/s, "
+        f"{size / elapsed / 1e6:.1f} MB/s)",
+        file=err,
+    )
+    for rule_id, count in sorted(by_rule.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {count:8d}  {rule_id}", file=err)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- argparse wiring --------------------------------------------------------------------
+
+
+def _cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
+    return lint(_paths(args, settings), sys.stdout, sys.stderr)
+
+
+def _cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    return test(_paths(args, settings), settings, args.engine, sys.stdout, sys.stderr)
+
+
+def _cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    paths: list[Path] = args.rules or list(settings.rules)
+    return scan(
+        source=args.input,
+        destination=args.output,
+        paths=paths,
+        settings=settings,
+        engine_choice=args.engine,
+        err=sys.stderr,
+    )
+
+
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "hyperscan", "python"),
+        default="auto",
+        help="regex prefilter: Hyperscan when installed (auto), forced, or pure Python",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``rules lint``, ``rules test`` and ``scan`` to the ``llmtrail`` parser."""
+    rules = subparsers.add_parser(
+        "rules",
+        help="Check detection rules and run their examples.",
+        description="Check detection rules (llmtrail.rules/v1, docs/rules.md) and run their "
+        "examples.",
+    )
+    rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    paths_help = "rule files or directories (*.yaml, *.yml); default: LLMTRAIL_RULES (rules/)"
+
+    lint_parser = rule_commands.add_parser(
+        "lint",
+        help="Validate rule files; print every problem as file:line:col: rule-id: message.",
+        description="Validate rule files strictly (schema version, unknown and duplicate keys, "
+        "types, enums, regexes including catastrophic backtracking, list and macro references, "
+        "examples). Prints every problem, then a summary; exits 1 if there is any problem.",
+    )
+    lint_parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=paths_help)
+    lint_parser.set_defaults(handler=_cmd_lint)
+
+    test_parser = rule_commands.add_parser(
+        "test",
+        help="Run every rule's match/no_match examples through the engine.",
+        description="Run every rule's examples (disabled rules included): a match example must "
+        "fire its rule, a no_match example must not. Prints failures and a summary; exits 1 if "
+        "any example fails.",
+    )
+    test_parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=paths_help)
+    _engine_option(test_parser)
+    test_parser.set_defaults(handler=_cmd_test)
+
+    scan_parser = subparsers.add_parser(
+        "scan",
+        help="Run the detection engine offline over a JSON-lines file of events.",
+        description="Run the rules over Event v1 JSON lines (no broker, no enrichment) and "
+        "write one Alert v1 JSON line per finding. Invalid lines are reported with their line "
+        "number and skipped. Prints a summary: events, invalid lines, alerts by rule, events/s "
+        "and MB/s. Exits 0 unless the rules do not load.",
+    )
+    scan_parser.add_argument(
+        "--input",
+        required=True,
+        metavar="EVENTS.jsonl",
+        help="events, one JSON per line (- = stdin)",
+    )
+    scan_parser.add_argument(
+        "--output", required=True, metavar="ALERTS.jsonl", help="where alerts go (- = stdout)"
+    )
+    scan_parser.add_argument("--rules", nargs="+", type=Path, metavar="PATH", help=paths_help)
+    _engine_option(scan_parser)
+    scan_parser.set_defaults(handler=_cmd_scan)
