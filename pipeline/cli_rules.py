@@ -43,7 +43,8 @@ def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
 
 
 def _engine(ruleset: RuleSet, settings: Settings, choice: str, **options: Any) -> Engine:
-    use_hyperscan = {"auto": None, "hyperscan": True, "python": False}[choice]
+    # "auto" follows LLMTRAIL_ENGINE_HYPERSCAN, like the worker.
+    use_hyperscan = {"auto": settings.engine_hyperscan, "hyperscan": True, "python": False}[choice]
     salt = settings.fingerprint_salt.reveal().encode()
     return Engine(ruleset, salt=salt, use_hyperscan=use_hyperscan, **options)
 
