@@ -276,9 +276,7 @@ def luhn_complete(rng: random.Random, prefix: str, length: int, valid: bool = Tr
 
 def group_card(num: str, rng: random.Random) -> str:
     sep = rng.choice(["", " ", "-"])
-    if len(num) == 15:  # Amex 4-6-5
-        parts = [num[:4], num[4:10], num[10:]]
-    elif len(num) == 14:  # Diners 4-6-4
+    if len(num) == 15 or len(num) == 14:  # Amex 4-6-5
         parts = [num[:4], num[4:10], num[10:]]
     else:
         parts = [num[i : i + 4] for i in range(0, len(num), 4)]
@@ -318,6 +316,11 @@ def space_iban(s: str, rng: random.Random) -> str:
     return " ".join(s[i : i + 4] for i in range(0, len(s), 4))
 
 
+def pem_key(r: random.Random) -> str:
+    kind = r.choice(["", "RSA ", "EC ", "OPENSSH "])
+    return f"-----BEGIN {kind}PRIVATE KEY-----\n{pem_body(r)}\n-----END {kind}PRIVATE KEY-----"
+
+
 def pem_body(rng: random.Random, lines: int = 12) -> str:
     return "\n".join(rstr(rng, B64STD, 64) for _ in range(lines))
 
@@ -340,7 +343,7 @@ def secret_generators() -> dict[str, Gen]:
         return f"{head}.{body}.{rstr(r, B64URL, 43)}"
 
     return {
-        "aws_access_key_id": lambda r: aws_akid(r),
+        "aws_access_key_id": aws_akid,
         "aws_secret_access_key": lambda r: f"aws_secret_access_key = {rstr(r, B64STD, 40)}",
         "gcp_api_key": lambda r: "AIza" + rstr(r, B64URL, 35),
         "gcp_service_account": lambda r: json.dumps({"type": "service_account", "project_id": "proj-" + rstr(r, HEXL, 6), "private_key_id": rstr(r, HEXL, 40), "client_email": f"svc@proj-{rstr(r, HEXL, 6)}.iam.gserviceaccount.com"}),
@@ -356,7 +359,7 @@ def secret_generators() -> dict[str, Gen]:
         "openai_legacy": lambda r: "sk-" + rstr(r, ALNUM, 20) + "T3BlbkFJ" + rstr(r, ALNUM, 20),
         "anthropic": lambda r: "sk-ant-api03-" + rstr(r, B64URL, 93) + "AA",
         "jwt": jwt,
-        "pem_private_key": lambda r: (lambda t: f"-----BEGIN {t}PRIVATE KEY-----\n{pem_body(r)}\n-----END {t}PRIVATE KEY-----")(r.choice(["", "RSA ", "EC ", "OPENSSH "])),
+        "pem_private_key": pem_key,
         "generic_password": lambda r: f"{r.choice(['password', 'db_password', 'PASSWORD', 'passwd'])}{r.choice(['=', ': ', ' = '])}{r.choice(['', chr(34)])}{rstr(r, ALNUM + '!@#%^&*', r.randint(12, 20))}",
         "generic_api_key": lambda r: f"{r.choice(['api_key', 'API_KEY', 'apikey', 'client_secret', 'auth_token'])}{r.choice(['=', ': '])}{rstr(r, ALNUM, r.randint(24, 40))}",
         "sendgrid": lambda r: f"SG.{rstr(r, B64URL, 22)}.{rstr(r, B64URL, 43)}",
