@@ -384,6 +384,11 @@ def secret_lookalike_generators() -> dict[str, Gen]:
         "pem_truncated": lambda r: "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
         "jwt_truncated": lambda r: "Authorization: Bearer eyJhbGciOi...",
         "prose": lambda r: r.choice(["The secret to good bread is patience.", "My password manager is great.", "Use the token bucket algorithm for rate limiting.", "Skip the api key step if you use OAuth."]),
+        "stripe_test_key": lambda r: "sk_test_" + rstr(r, ALNUM, 24),
+        "random_b64_no_context": lambda r: f"image checksum {rstr(r, B64STD, 40)} matches",
+        "weak_password": lambda r: f"password: {r.choice(['hunter2', 'letmein', 'qwerty123', 'welcome1', 'summer2024'])}",
+        "env_reference": lambda r: r.choice(["api_key = os.getenv('API_KEY')", "token: ${{ secrets.GITHUB_TOKEN }}", "password: !vault |", "client_secret=<redacted>", "AWS_SECRET_ACCESS_KEY=$AWS_SECRET"]),
+        "base64_image": lambda r: "data:image/png;base64," + rstr(r, B64STD, 120),
     }
 
 
@@ -394,6 +399,10 @@ SECRET_WRAP = [
     "export TOKEN=\"{x}\"",
     "{x}",
     "Can you check this: {x} thanks",
+    '{{"name": "svc", "credential": "{x}", "enabled": true}}',
+    "settings:\n  upstream:\n    key: {x}\n",
+    "use `{x}` in the header.",
+    "curl 'https://api.internal/v1/items?access={x}&limit=5'",
 ]
 
 
@@ -455,13 +464,13 @@ def pii_generators() -> dict[str, Gen]:
 
 
 PII_WRAP = {
-    "email": ["Contact me at {x} tomorrow", "Reply-to: {x}", "my email is {x}", "{x}"],
-    "payment_card": ["my card number is {x}, exp 04/27", "Charge {x} for the order", "Card: {x}", "pay with {x} please"],
-    "us_ssn": ["SSN: {x}", "my social security number is {x}", "Applicant SSN {x}, DOB 1980-02-03"],
-    "iban": ["Please wire it to IBAN {x}", "IBAN: {x}", "Bank account {x} (Sparkasse)"],
-    "phone": ["Call me on {x}", "phone: {x}", "my mobile number is {x}", "Tel. {x}"],
-    "ipv4": ["The login came from {x} at 3am", "client ip={x}", "ssh root@{x}"],
-    "ipv6": ["source address {x}", "client ip={x}"],
+    "email": ["Contact me at {x} tomorrow", "Reply-to: {x}", "my email is {x}", "{x}", '{{"customer": {{"email": "{x}"}}}}', "cc: <{x}>; bcc: none"],
+    "payment_card": ["my card number is {x}, exp 04/27", "Charge {x} for the order", "Card: {x}", "pay with {x} please", '{{"pan": "{x}", "exp": "04/27"}}', "{x}"],
+    "us_ssn": ["SSN: {x}", "my social security number is {x}", "Applicant SSN {x}, DOB 1980-02-03", "ssn={x}"],
+    "iban": ["Please wire it to IBAN {x}", "IBAN: {x}", "Bank account {x} (Sparkasse)", '{{"iban": "{x}"}}', "{x}"],
+    "phone": ["Call me on {x}", "phone: {x}", "my mobile number is {x}", "Tel. {x}", "WhatsApp {x} anytime", '{{"phone": "{x}"}}'],
+    "ipv4": ["The login came from {x} at 3am", "client ip={x}", "ssh root@{x}", "X-Forwarded-For: {x}"],
+    "ipv6": ["source address {x}", "client ip={x}", "[{x}]:443"],
 }
 
 
@@ -478,6 +487,10 @@ def pii_lookalike_generators() -> dict[str, Gen]:
         "math": lambda r: f"compute {r.randint(100, 999)} * {r.randint(100, 999)} - {r.randint(1000, 9999)}",
         "uuid": lambda r: f"id {rstr(r, HEXL, 8)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 12)}",
         "cpp_scope": lambda r: r.choice(["std::vector<int> v;", "use foo::bar::baz;", "a::b::c::d", "Time is 12:30:45"]),
+        "phone_like_no_context": lambda r: f"ticket {r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)} was closed",
+        "private_ip": lambda r: r.choice([f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}", f"192.168.{r.randint(0, 255)}.{r.randint(1, 254)}", f"172.{r.randint(16, 31)}.{r.randint(0, 255)}.{r.randint(1, 254)}", "127.0.0.1"]) + " is the gateway",
+        "unix_timestamp": lambda r: f"created_at={r.randint(1600000000, 1800000000)}",
+        "amount_and_percent": lambda r: f"+{r.randint(1, 99)}.{r.randint(0, 9)}% growth, revenue {r.randint(1000, 99999)} EUR",
     }
 
 
