@@ -218,10 +218,14 @@ def print_corpora(
     ben, nben = totals["benign"]
     if npos:
         summary["recall_injection_jailbreak"] = pos / npos
-        print(f"HEADLINE recall, injection+jailbreak labels (all files): {pos}/{npos} = {pos / npos:.3f}   (target >= 0.90)")
+        print(
+            f"HEADLINE recall, injection+jailbreak labels (all files): {pos}/{npos} = {pos / npos:.3f}   (target >= 0.90)"
+        )
     if nben:
         summary["fp_benign"] = ben / nben
-        print(f"HEADLINE false positives on benign labels:               {ben}/{nben} = {ben / nben:.4f}  (target <= 0.01)")
+        print(
+            f"HEADLINE false positives on benign labels:               {ben}/{nben} = {ben / nben:.4f}  (target <= 0.01)"
+        )
     for key in ("indirect_injection", "encoded_injection"):
         d, k = totals[key]
         if k:
@@ -300,7 +304,13 @@ IBAN_FORMATS = {  # country: (length, bban alphabet pattern: 'n' digit, 'a' uppe
 def make_iban(rng: random.Random, cc: str, valid: bool = True) -> str:
     pat = IBAN_FORMATS[cc]
     bban = "".join(
-        rng.choice(string.digits if p == "n" else string.ascii_uppercase if p == "a" else string.digits + string.ascii_uppercase)
+        rng.choice(
+            string.digits
+            if p == "n"
+            else string.ascii_uppercase
+            if p == "a"
+            else string.digits + string.ascii_uppercase
+        )
         for p in pat
     )
     numeric = "".join(str(int(ch, 36)) for ch in bban + cc + "00")
@@ -325,9 +335,44 @@ def pem_body(rng: random.Random, lines: int = 12) -> str:
     return "\n".join(rstr(rng, B64STD, 64) for _ in range(lines))
 
 
-FIRST = ["anna", "li", "omar", "jules", "maria", "kenji", "sofia", "liam", "noor", "pavel", "ines", "tom"]
-LAST = ["meyer", "chen", "haddad", "martin", "garcia", "sato", "rossi", "byrne", "khan", "novak", "silva", "ward"]
-DOMAINS = ["gmail.com", "outlook.de", "proton.me", "acme-corp.io", "uni-hamburg.de", "yahoo.co.uk", "mail.ru", "fastmail.fm"]
+FIRST = [
+    "anna",
+    "li",
+    "omar",
+    "jules",
+    "maria",
+    "kenji",
+    "sofia",
+    "liam",
+    "noor",
+    "pavel",
+    "ines",
+    "tom",
+]
+LAST = [
+    "meyer",
+    "chen",
+    "haddad",
+    "martin",
+    "garcia",
+    "sato",
+    "rossi",
+    "byrne",
+    "khan",
+    "novak",
+    "silva",
+    "ward",
+]
+DOMAINS = [
+    "gmail.com",
+    "outlook.de",
+    "proton.me",
+    "acme-corp.io",
+    "uni-hamburg.de",
+    "yahoo.co.uk",
+    "mail.ru",
+    "fastmail.fm",
+]
 
 # Secret kinds: name -> generator of (text, kind of event)
 Gen = Callable[[random.Random], str]
@@ -339,29 +384,62 @@ def secret_generators() -> dict[str, Gen]:
 
     def jwt(r: random.Random) -> str:
         head = b64u(json.dumps({"alg": r.choice(["HS256", "RS256"]), "typ": "JWT"}).encode())
-        body = b64u(json.dumps({"sub": rstr(r, string.digits, 8), "name": r.choice(FIRST), "iat": r.randint(1600000000, 1800000000)}).encode())
+        body = b64u(
+            json.dumps(
+                {
+                    "sub": rstr(r, string.digits, 8),
+                    "name": r.choice(FIRST),
+                    "iat": r.randint(1600000000, 1800000000),
+                }
+            ).encode()
+        )
         return f"{head}.{body}.{rstr(r, B64URL, 43)}"
 
     return {
         "aws_access_key_id": aws_akid,
         "aws_secret_access_key": lambda r: f"aws_secret_access_key = {rstr(r, B64STD, 40)}",
         "gcp_api_key": lambda r: "AIza" + rstr(r, B64URL, 35),
-        "gcp_service_account": lambda r: json.dumps({"type": "service_account", "project_id": "proj-" + rstr(r, HEXL, 6), "private_key_id": rstr(r, HEXL, 40), "client_email": f"svc@proj-{rstr(r, HEXL, 6)}.iam.gserviceaccount.com"}),
-        "azure_storage_conn": lambda r: f"DefaultEndpointsProtocol=https;AccountName=st{rstr(r, string.ascii_lowercase, 8)};AccountKey={rstr(r, B64STD, 86)}==;EndpointSuffix=core.windows.net",
-        "github_classic": lambda r: r.choice(["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]) + rstr(r, ALNUM, 36),
+        "gcp_service_account": lambda r: json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "proj-" + rstr(r, HEXL, 6),
+                "private_key_id": rstr(r, HEXL, 40),
+                "client_email": f"svc@proj-{rstr(r, HEXL, 6)}.iam.gserviceaccount.com",
+            }
+        ),
+        "azure_storage_conn": lambda r: (
+            f"DefaultEndpointsProtocol=https;AccountName=st{rstr(r, string.ascii_lowercase, 8)};AccountKey={rstr(r, B64STD, 86)}==;EndpointSuffix=core.windows.net"
+        ),
+        "github_classic": lambda r: (
+            r.choice(["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]) + rstr(r, ALNUM, 36)
+        ),
         "github_fine_grained": lambda r: f"github_pat_{rstr(r, ALNUM, 22)}_{rstr(r, ALNUM, 59)}",
         "gitlab_pat": lambda r: "glpat-" + rstr(r, ALNUM + "-_", 20),
-        "slack_bot_token": lambda r: f"xoxb-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 13)}-{rstr(r, ALNUM, 24)}",
-        "slack_user_token": lambda r: f"xoxp-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 13)}-{rstr(r, HEXL, 32)}",
-        "slack_webhook": lambda r: f"https://hooks.slack.com/services/T{rstr(r, B32[:26] + '0123456789', 10)}/B{rstr(r, B32[:26] + '0123456789', 10)}/{rstr(r, ALNUM, 24)}",
-        "stripe_live": lambda r: r.choice(["sk_live_", "rk_live_"]) + rstr(r, ALNUM, r.choice([24, 99])),
-        "openai_project": lambda r: "sk-proj-" + rstr(r, B64URL, 48) + "T3BlbkFJ" + rstr(r, B64URL, 48),
+        "slack_bot_token": lambda r: (
+            f"xoxb-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 13)}-{rstr(r, ALNUM, 24)}"
+        ),
+        "slack_user_token": lambda r: (
+            f"xoxp-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 11)}-{rstr(r, string.digits, 13)}-{rstr(r, HEXL, 32)}"
+        ),
+        "slack_webhook": lambda r: (
+            f"https://hooks.slack.com/services/T{rstr(r, B32[:26] + '0123456789', 10)}/B{rstr(r, B32[:26] + '0123456789', 10)}/{rstr(r, ALNUM, 24)}"
+        ),
+        "stripe_live": lambda r: (
+            r.choice(["sk_live_", "rk_live_"]) + rstr(r, ALNUM, r.choice([24, 99]))
+        ),
+        "openai_project": lambda r: (
+            "sk-proj-" + rstr(r, B64URL, 48) + "T3BlbkFJ" + rstr(r, B64URL, 48)
+        ),
         "openai_legacy": lambda r: "sk-" + rstr(r, ALNUM, 20) + "T3BlbkFJ" + rstr(r, ALNUM, 20),
         "anthropic": lambda r: "sk-ant-api03-" + rstr(r, B64URL, 93) + "AA",
         "jwt": jwt,
         "pem_private_key": pem_key,
-        "generic_password": lambda r: f"{r.choice(['password', 'db_password', 'PASSWORD', 'passwd'])}{r.choice(['=', ': ', ' = '])}{r.choice(['', chr(34)])}{rstr(r, ALNUM + '!@#%^&*', r.randint(12, 20))}",
-        "generic_api_key": lambda r: f"{r.choice(['api_key', 'API_KEY', 'apikey', 'client_secret', 'auth_token'])}{r.choice(['=', ': '])}{rstr(r, ALNUM, r.randint(24, 40))}",
+        "generic_password": lambda r: (
+            f"{r.choice(['password', 'db_password', 'PASSWORD', 'passwd'])}{r.choice(['=', ': ', ' = '])}{r.choice(['', chr(34)])}{rstr(r, ALNUM + '!@#%^&*', r.randint(12, 20))}"
+        ),
+        "generic_api_key": lambda r: (
+            f"{r.choice(['api_key', 'API_KEY', 'apikey', 'client_secret', 'auth_token'])}{r.choice(['=', ': '])}{rstr(r, ALNUM, r.randint(24, 40))}"
+        ),
         "sendgrid": lambda r: f"SG.{rstr(r, B64URL, 22)}.{rstr(r, B64URL, 43)}",
         "huggingface": lambda r: "hf_" + rstr(r, ALNUM, 34),
         "npm": lambda r: "npm_" + rstr(r, ALNUM, 36),
@@ -370,24 +448,90 @@ def secret_generators() -> dict[str, Gen]:
 
 def secret_lookalike_generators() -> dict[str, Gen]:
     return {
-        "aws_placeholder": lambda r: r.choice(["AKIAXXXXXXXXXXXXXXXX", "AKIAIOSFODNN7EXAMPLE", "AKIA0000000000000000", "ASIAYYYYYYYYYYYYYYYY"]),
-        "aws_secret_docs": lambda r: "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "openai_placeholder": lambda r: r.choice(["sk-...", "sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX", "sk-your-key-here", "OPENAI_API_KEY=sk-<your-key>"]),
-        "token_placeholder": lambda r: r.choice(["ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "<your-token>", "xoxb-your-bot-token", "glpat-XXXXXXXXXXXXXXXXXXXX", "Bearer <token>", "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx", "github_pat_<redacted>"]),
-        "generic_placeholder": lambda r: r.choice(["password=<your-password>", "api_key=YOUR_API_KEY", "password: ********", "secret: changeme", "API_KEY=${API_KEY}", "password = os.environ['DB_PASSWORD']", "token: {{ secrets.TOKEN }}", "password=password123", "api_key = \"xxxxxxxxxxxxxxxx\""]),
-        "low_entropy": lambda r: f"{r.choice(['password', 'api_key', 'secret'])}={r.choice(string.ascii_lowercase) * r.randint(10, 20)}",
-        "uuid": lambda r: f"request id {rstr(r, HEXL, 8)}-{rstr(r, HEXL, 4)}-4{rstr(r, HEXL, 3)}-a{rstr(r, HEXL, 3)}-{rstr(r, HEXL, 12)}",
+        "aws_placeholder": lambda r: r.choice(
+            [
+                "AKIAXXXXXXXXXXXXXXXX",
+                "AKIAIOSFODNN7EXAMPLE",
+                "AKIA0000000000000000",
+                "ASIAYYYYYYYYYYYYYYYY",
+            ]
+        ),
+        "aws_secret_docs": lambda r: (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        ),
+        "openai_placeholder": lambda r: r.choice(
+            [
+                "sk-...",
+                "sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+                "sk-your-key-here",
+                "OPENAI_API_KEY=sk-<your-key>",
+            ]
+        ),
+        "token_placeholder": lambda r: r.choice(
+            [
+                "ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "<your-token>",
+                "xoxb-your-bot-token",
+                "glpat-XXXXXXXXXXXXXXXXXXXX",
+                "Bearer <token>",
+                "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx",
+                "github_pat_<redacted>",
+            ]
+        ),
+        "generic_placeholder": lambda r: r.choice(
+            [
+                "password=<your-password>",
+                "api_key=YOUR_API_KEY",
+                "password: ********",
+                "secret: changeme",
+                "API_KEY=${API_KEY}",
+                "password = os.environ['DB_PASSWORD']",
+                "token: {{ secrets.TOKEN }}",
+                "password=password123",
+                'api_key = "xxxxxxxxxxxxxxxx"',
+            ]
+        ),
+        "low_entropy": lambda r: (
+            f"{r.choice(['password', 'api_key', 'secret'])}={r.choice(string.ascii_lowercase) * r.randint(10, 20)}"
+        ),
+        "uuid": lambda r: (
+            f"request id {rstr(r, HEXL, 8)}-{rstr(r, HEXL, 4)}-4{rstr(r, HEXL, 3)}-a{rstr(r, HEXL, 3)}-{rstr(r, HEXL, 12)}"
+        ),
         "git_sha": lambda r: f"fixed in commit {rstr(r, HEXL, 40)}",
         "sha256_hash": lambda r: f"sha256 checksum: {rstr(r, HEXL, 64)}",
-        "public_cert": lambda r: f"-----BEGIN CERTIFICATE-----\n{pem_body(r)}\n-----END CERTIFICATE-----",
-        "public_key": lambda r: f"-----BEGIN PUBLIC KEY-----\n{pem_body(r, 6)}\n-----END PUBLIC KEY-----",
-        "pem_truncated": lambda r: "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
+        "public_cert": lambda r: (
+            f"-----BEGIN CERTIFICATE-----\n{pem_body(r)}\n-----END CERTIFICATE-----"
+        ),
+        "public_key": lambda r: (
+            f"-----BEGIN PUBLIC KEY-----\n{pem_body(r, 6)}\n-----END PUBLIC KEY-----"
+        ),
+        "pem_truncated": lambda r: (
+            "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----"
+        ),
         "jwt_truncated": lambda r: "Authorization: Bearer eyJhbGciOi...",
-        "prose": lambda r: r.choice(["The secret to good bread is patience.", "My password manager is great.", "Use the token bucket algorithm for rate limiting.", "Skip the api key step if you use OAuth."]),
+        "prose": lambda r: r.choice(
+            [
+                "The secret to good bread is patience.",
+                "My password manager is great.",
+                "Use the token bucket algorithm for rate limiting.",
+                "Skip the api key step if you use OAuth.",
+            ]
+        ),
         "stripe_test_key": lambda r: "sk_test_" + rstr(r, ALNUM, 24),
         "random_b64_no_context": lambda r: f"image checksum {rstr(r, B64STD, 40)} matches",
-        "weak_password": lambda r: f"password: {r.choice(['hunter2', 'letmein', 'qwerty123', 'welcome1', 'summer2024'])}",
-        "env_reference": lambda r: r.choice(["api_key = os.getenv('API_KEY')", "token: ${{ secrets.GITHUB_TOKEN }}", "password: !vault |", "client_secret=<redacted>", "AWS_SECRET_ACCESS_KEY=$AWS_SECRET"]),
+        "weak_password": lambda r: (
+            f"password: {r.choice(['hunter2', 'letmein', 'qwerty123', 'welcome1', 'summer2024'])}"
+        ),
+        "env_reference": lambda r: r.choice(
+            [
+                "api_key = os.getenv('API_KEY')",
+                "token: ${{ secrets.GITHUB_TOKEN }}",
+                "password: !vault |",
+                "client_secret=<redacted>",
+                "AWS_SECRET_ACCESS_KEY=$AWS_SECRET",
+            ]
+        ),
         "base64_image": lambda r: "data:image/png;base64," + rstr(r, B64STD, 120),
     }
 
@@ -396,7 +540,7 @@ SECRET_WRAP = [
     "here is my config, why does it fail?\n{x}",
     "The deploy log printed {x} and then crashed",
     "```\n{x}\n```",
-    "export TOKEN=\"{x}\"",
+    'export TOKEN="{x}"',
     "{x}",
     "Can you check this: {x} thanks",
     '{{"name": "svc", "credential": "{x}", "enabled": true}}',
@@ -428,19 +572,21 @@ def pii_generators() -> dict[str, Gen]:
         return f"{area:03d}-{r.randint(1, 99):02d}-{r.randint(1, 9999):04d}"
 
     def phone(r: random.Random) -> str:
-        return r.choice([
-            f"+1 {r.randint(201, 989)} {r.randint(200, 999)} {r.randint(1000, 9999)}",
-            f"+1-{r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)}",
-            f"+44 7{r.randint(100, 999)} {r.randint(100000, 999999)}",
-            f"+49 {r.randint(151, 179)} {r.randint(1000000, 99999999)}",
-            f"+33 {r.randint(6, 7)} {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)}",
-            f"+91 {r.randint(70000, 99999)} {r.randint(10000, 99999)}",
-            f"+{r.choice(['1', '44', '49', '33', '61', '81'])}{rstr(r, string.digits, 10)}",
-            f"({r.randint(201, 989)}) {r.randint(200, 999)}-{r.randint(1000, 9999)}",
-            f"{r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)}",
-            f"07{r.randint(100, 999)} {r.randint(100000, 999999)}",
-            f"0{r.randint(30, 89)} {r.randint(1000, 9999)} {r.randint(1000, 9999)}",
-        ])
+        return r.choice(
+            [
+                f"+1 {r.randint(201, 989)} {r.randint(200, 999)} {r.randint(1000, 9999)}",
+                f"+1-{r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)}",
+                f"+44 7{r.randint(100, 999)} {r.randint(100000, 999999)}",
+                f"+49 {r.randint(151, 179)} {r.randint(1000000, 99999999)}",
+                f"+33 {r.randint(6, 7)} {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)}",
+                f"+91 {r.randint(70000, 99999)} {r.randint(10000, 99999)}",
+                f"+{r.choice(['1', '44', '49', '33', '61', '81'])}{rstr(r, string.digits, 10)}",
+                f"({r.randint(201, 989)}) {r.randint(200, 999)}-{r.randint(1000, 9999)}",
+                f"{r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)}",
+                f"07{r.randint(100, 999)} {r.randint(100000, 999999)}",
+                f"0{r.randint(30, 89)} {r.randint(1000, 9999)} {r.randint(1000, 9999)}",
+            ]
+        )
 
     def ipv4(r: random.Random) -> str:
         return f"{r.choice([8, 23, 45, 52, 81, 93, 104, 141, 185, 203])}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
@@ -464,33 +610,112 @@ def pii_generators() -> dict[str, Gen]:
 
 
 PII_WRAP = {
-    "email": ["Contact me at {x} tomorrow", "Reply-to: {x}", "my email is {x}", "{x}", '{{"customer": {{"email": "{x}"}}}}', "cc: <{x}>; bcc: none"],
-    "payment_card": ["my card number is {x}, exp 04/27", "Charge {x} for the order", "Card: {x}", "pay with {x} please", '{{"pan": "{x}", "exp": "04/27"}}', "{x}"],
-    "us_ssn": ["SSN: {x}", "my social security number is {x}", "Applicant SSN {x}, DOB 1980-02-03", "ssn={x}"],
-    "iban": ["Please wire it to IBAN {x}", "IBAN: {x}", "Bank account {x} (Sparkasse)", '{{"iban": "{x}"}}', "{x}"],
-    "phone": ["Call me on {x}", "phone: {x}", "my mobile number is {x}", "Tel. {x}", "WhatsApp {x} anytime", '{{"phone": "{x}"}}'],
-    "ipv4": ["The login came from {x} at 3am", "client ip={x}", "ssh root@{x}", "X-Forwarded-For: {x}"],
+    "email": [
+        "Contact me at {x} tomorrow",
+        "Reply-to: {x}",
+        "my email is {x}",
+        "{x}",
+        '{{"customer": {{"email": "{x}"}}}}',
+        "cc: <{x}>; bcc: none",
+    ],
+    "payment_card": [
+        "my card number is {x}, exp 04/27",
+        "Charge {x} for the order",
+        "Card: {x}",
+        "pay with {x} please",
+        '{{"pan": "{x}", "exp": "04/27"}}',
+        "{x}",
+    ],
+    "us_ssn": [
+        "SSN: {x}",
+        "my social security number is {x}",
+        "Applicant SSN {x}, DOB 1980-02-03",
+        "ssn={x}",
+    ],
+    "iban": [
+        "Please wire it to IBAN {x}",
+        "IBAN: {x}",
+        "Bank account {x} (Sparkasse)",
+        '{{"iban": "{x}"}}',
+        "{x}",
+    ],
+    "phone": [
+        "Call me on {x}",
+        "phone: {x}",
+        "my mobile number is {x}",
+        "Tel. {x}",
+        "WhatsApp {x} anytime",
+        '{{"phone": "{x}"}}',
+    ],
+    "ipv4": [
+        "The login came from {x} at 3am",
+        "client ip={x}",
+        "ssh root@{x}",
+        "X-Forwarded-For: {x}",
+    ],
     "ipv6": ["source address {x}", "client ip={x}", "[{x}]:443"],
 }
 
 
 def pii_lookalike_generators() -> dict[str, Gen]:
     return {
-        "card_luhn_invalid": lambda r: f"card number {group_card(luhn_complete(r, '4' + rstr(r, string.digits, 3), 16, valid=False), r)}",
-        "order_number_16": lambda r: f"order #{luhn_complete(r, '9' + rstr(r, string.digits, 3), 16, valid=False)}",
-        "iban_bad_checksum": lambda r: f"IBAN {make_iban(r, r.choice(sorted(IBAN_FORMATS)), valid=False)}",
-        "ssn_invalid": lambda r: f"SSN {r.choice(['000', '666', '9' + rstr(r, string.digits, 2)])}-{r.randint(1, 99):02d}-{r.randint(1, 9999):04d}",
-        "date_and_time": lambda r: f"meeting on 2025-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} at {r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}",
-        "version_number": lambda r: f"upgrade to version {r.randint(1, 9)}.{r.randint(0, 20)}.{r.randint(0, 50)}.{r.randint(0, 999)}",
-        "placeholder_email": lambda r: r.choice(["user@example.com", "name@example.org", "you@yourdomain.com", "foo@bar", "@username on twitter"]),
-        "isbn": lambda r: f"ISBN 978-{r.randint(0, 9)}-{r.randint(100, 999)}-{r.randint(10000, 99999)}-{r.randint(0, 9)}",
-        "math": lambda r: f"compute {r.randint(100, 999)} * {r.randint(100, 999)} - {r.randint(1000, 9999)}",
-        "uuid": lambda r: f"id {rstr(r, HEXL, 8)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 12)}",
-        "cpp_scope": lambda r: r.choice(["std::vector<int> v;", "use foo::bar::baz;", "a::b::c::d", "Time is 12:30:45"]),
-        "phone_like_no_context": lambda r: f"ticket {r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)} was closed",
-        "private_ip": lambda r: r.choice([f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}", f"192.168.{r.randint(0, 255)}.{r.randint(1, 254)}", f"172.{r.randint(16, 31)}.{r.randint(0, 255)}.{r.randint(1, 254)}", "127.0.0.1"]) + " is the gateway",
+        "card_luhn_invalid": lambda r: (
+            f"card number {group_card(luhn_complete(r, '4' + rstr(r, string.digits, 3), 16, valid=False), r)}"
+        ),
+        "order_number_16": lambda r: (
+            f"order #{luhn_complete(r, '9' + rstr(r, string.digits, 3), 16, valid=False)}"
+        ),
+        "iban_bad_checksum": lambda r: (
+            f"IBAN {make_iban(r, r.choice(sorted(IBAN_FORMATS)), valid=False)}"
+        ),
+        "ssn_invalid": lambda r: (
+            f"SSN {r.choice(['000', '666', '9' + rstr(r, string.digits, 2)])}-{r.randint(1, 99):02d}-{r.randint(1, 9999):04d}"
+        ),
+        "date_and_time": lambda r: (
+            f"meeting on 2025-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} at {r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}"
+        ),
+        "version_number": lambda r: (
+            f"upgrade to version {r.randint(1, 9)}.{r.randint(0, 20)}.{r.randint(0, 50)}.{r.randint(0, 999)}"
+        ),
+        "placeholder_email": lambda r: r.choice(
+            [
+                "user@example.com",
+                "name@example.org",
+                "you@yourdomain.com",
+                "foo@bar",
+                "@username on twitter",
+            ]
+        ),
+        "isbn": lambda r: (
+            f"ISBN 978-{r.randint(0, 9)}-{r.randint(100, 999)}-{r.randint(10000, 99999)}-{r.randint(0, 9)}"
+        ),
+        "math": lambda r: (
+            f"compute {r.randint(100, 999)} * {r.randint(100, 999)} - {r.randint(1000, 9999)}"
+        ),
+        "uuid": lambda r: (
+            f"id {rstr(r, HEXL, 8)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 4)}-{rstr(r, HEXL, 12)}"
+        ),
+        "cpp_scope": lambda r: r.choice(
+            ["std::vector<int> v;", "use foo::bar::baz;", "a::b::c::d", "Time is 12:30:45"]
+        ),
+        "phone_like_no_context": lambda r: (
+            f"ticket {r.randint(201, 989)}-{r.randint(200, 999)}-{r.randint(1000, 9999)} was closed"
+        ),
+        "private_ip": lambda r: (
+            r.choice(
+                [
+                    f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
+                    f"192.168.{r.randint(0, 255)}.{r.randint(1, 254)}",
+                    f"172.{r.randint(16, 31)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
+                    "127.0.0.1",
+                ]
+            )
+            + " is the gateway"
+        ),
         "unix_timestamp": lambda r: f"created_at={r.randint(1600000000, 1800000000)}",
-        "amount_and_percent": lambda r: f"+{r.randint(1, 99)}.{r.randint(0, 9)}% growth, revenue {r.randint(1000, 99999)} EUR",
+        "amount_and_percent": lambda r: (
+            f"+{r.randint(1, 99)}.{r.randint(0, 9)}% growth, revenue {r.randint(1000, 99999)} EUR"
+        ),
     }
 
 
@@ -502,7 +727,13 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
     def fired(ev: dict[str, Any], category: str) -> set[str]:
         return {f.rule_id for f in engine.scan(ev) if f.category == category}
 
-    def table(title: str, gens: dict[str, Gen], wrap: Callable[[str, str, random.Random], str], category: str, positive: bool) -> tuple[int, int]:
+    def table(
+        title: str,
+        gens: dict[str, Gen],
+        wrap: Callable[[str, str, random.Random], str],
+        category: str,
+        positive: bool,
+    ) -> tuple[int, int]:
         nonlocal n
         print(f"\n## {title}\n")
         print(f"{'kind':26} {'n':>5} {'prompt':>7} {'resp':>7}  rules")
@@ -522,7 +753,9 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
             tot_hit += hits["prompt"] + hits["response"]
             tot += 2 * per_kind
             top = ", ".join(f"{rid}:{c}" for rid, c in rules.most_common(3))
-            print(f"{kind:26} {per_kind:5d} {hits['prompt'] / per_kind:7.3f} {hits['response'] / per_kind:7.3f}  {top}")
+            print(
+                f"{kind:26} {per_kind:5d} {hits['prompt'] / per_kind:7.3f} {hits['response'] / per_kind:7.3f}  {top}"
+            )
         rate = tot_hit / tot if tot else 0.0
         print(f"{'ALL':26} {tot // 2:5d} {'recall' if positive else 'FP rate'} = {rate:.4f}")
         return tot_hit, tot
@@ -536,13 +769,27 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
     def lwrap(_kind: str, x: str, _r: random.Random) -> str:
         return x
 
-    h, t = table("Synthetic secrets: recall (category secret)", secret_generators(), swrap, "secret", True)
+    h, t = table(
+        "Synthetic secrets: recall (category secret)", secret_generators(), swrap, "secret", True
+    )
     summary["recall_secrets"] = h / t
-    h, t = table("Secret look-alikes: false positives (category secret)", secret_lookalike_generators(), swrap, "secret", False)
+    h, t = table(
+        "Secret look-alikes: false positives (category secret)",
+        secret_lookalike_generators(),
+        swrap,
+        "secret",
+        False,
+    )
     summary["fp_secret_lookalikes"] = h / t
     h, t = table("Synthetic PII: recall (category pii)", pii_generators(), pwrap, "pii", True)
     summary["recall_pii"] = h / t
-    h, t = table("PII look-alikes: false positives (category pii)", pii_lookalike_generators(), lwrap, "pii", False)
+    h, t = table(
+        "PII look-alikes: false positives (category pii)",
+        pii_lookalike_generators(),
+        lwrap,
+        "pii",
+        False,
+    )
     summary["fp_pii_lookalikes"] = h / t
     return summary
 
@@ -570,7 +817,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         if not args.corpora.is_dir():
             print(f"corpora directory not found: {args.corpora}", file=sys.stderr)
             return 2
-        cells, fp_rules, fp_examples, misses, secs = scan_corpora(engine, args.corpora, args.limit, args.misses)
+        cells, fp_rules, fp_examples, misses, secs = scan_corpora(
+            engine, args.corpora, args.limit, args.misses
+        )
         summary.update(print_corpora(cells, fp_rules, fp_examples))
         events = sum(c.n for c in cells.values())
         print(f"\n({events} corpus events scanned in {secs:.1f} s)")
