@@ -154,7 +154,7 @@ def scan_corpora(
                     break
                 row = json.loads(line)
                 label = row["label"]
-                _kind, ev = corpus_event(n, path.name, row)
+                kind, ev = corpus_event(n, path.name, row)
                 n += 1
                 findings = engine.scan(ev)
                 cats = {f.category for f in findings}
@@ -171,6 +171,17 @@ def scan_corpora(
                             fp_rules[f.rule_id] += 1
                             if len(fp_examples[f.rule_id]) < 2:
                                 fp_examples[f.rule_id].append(_excerpt(row["text"], f))
+                if role == "benign" and kind == "prompt":
+                    # the same benign text replayed as a tool result: false positives
+                    # of the indirect-injection rules on ordinary content
+                    n += 1
+                    replay = engine.scan(tool_result_event(n, row["text"]))
+                    rcell = cells[(path.name, f"{label}@tool_result")]
+                    rcell.n += 1
+                    rcats = {f.category for f in replay}
+                    rcell.cats.update(rcats)
+                    rcell.any += bool(replay)
+                    rcell.detected += bool(rcats & INJECTION_CATEGORIES)
                 if misses_label and label == misses_label and not hit and len(misses) < 40:
                     misses.append(f"{path.name}: {row['text'][:300]!r}")
     return cells, fp_rules, fp_examples, misses, time.perf_counter() - t0
@@ -196,7 +207,7 @@ def print_corpora(
     print("-" * len(hdr))
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (file, label), c in sorted(cells.items()):
-        role = LABELS.get(label, "info")
+        role = "replay" if label.endswith("@tool_result") else LABELS.get(label, "info")
 
         def r(x: int, c: Cell = c) -> str:
             return f"{x / c.n:7.3f}"
@@ -225,6 +236,12 @@ def print_corpora(
         summary["fp_benign"] = ben / nben
         print(
             f"HEADLINE false positives on benign labels:               {ben}/{nben} = {ben / nben:.4f}  (target <= 0.01)"
+        )
+    rep, nrep = totals["replay"]
+    if nrep:
+        summary["fp_benign_as_tool_output"] = rep / nrep
+        print(
+            f"false positives, benign texts replayed as tool output:  {rep}/{nrep} = {rep / nrep:.4f}"
         )
     for key in ("indirect_injection", "encoded_injection"):
         d, k = totals[key]
