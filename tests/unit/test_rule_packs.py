@@ -334,6 +334,7 @@ PII: list[tuple[str, Any, str | None]] = [
     ("prompt", "Call the function with 212-555-0175 as the seed.", None),
     ("prompt", "Email me at name [at] example [dot] com", None),
     ("prompt", "The IBAN format is CCkk BBBB BBBB ...", None),
+    ("prompt", "artifact: tools/FBF-3.6.0.0-32d71583f.zip", None),
 ]
 
 _SECRET_B64 = base64.b64encode(bytes(range(60, 150))).decode()
@@ -372,6 +373,7 @@ SECRETS: list[tuple[str, Any, str | None]] = [
     ("prompt", "password: 12345678", None),
     ("prompt", "sha1 of the release: 8f14e45fceea167a5a36dedd4bea2543dc2bc6a1", None),
     ("prompt", "Use OPENAI_API_KEY=sk-... in your .env file", None),
+    ("prompt", "ssh.connect(host, username=admin_user, password=nvr_password)", None),
 ]
 
 INSECURE_OUTPUT: list[tuple[str, Any, str | None]] = [
@@ -399,6 +401,7 @@ INSECURE_OUTPUT: list[tuple[str, Any, str | None]] = [
     ("response", "rm -rf ./dist before rebuilding", None),
     ("response", "![diagram](https://docs.example.com/img/flow.png?v=3)", None),
     ("response", "Check open ports with `nc -zv host 22`.", None),
+    ("response", "SELECT id FROM a WHERE x = 1 UNION SELECT id FROM b WHERE y = 2;", None),
 ]
 
 TOOL_ABUSE: list[tuple[str, Any, str | None]] = [
