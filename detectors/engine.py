@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from detectors.fields import iter_strings, split_selector, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
-from detectors.matcher import Matcher, hyperscan_available
+from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
 from detectors.model import (
     KINDS,
     AllOf,
@@ -41,7 +41,7 @@ from detectors.model import (
     ValueLeaf,
     iter_nodes,
 )
-from detectors.normalise import Limits, Normalised, normalise
+from detectors.normalise import Limits, Normalised, SpanMap, normalise
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000
@@ -49,6 +49,9 @@ DEFAULT_MAX_FIELDS = 64
 DEFAULT_REGEX_TIMEOUT = 0.05
 MAX_EVIDENCE = 5
 MAX_HITS_PER_PATTERN = 16
+# A regex whose longest match is unbounded is looked for within this many
+# characters of the literal it requires (documented bound of the engine).
+REGEX_WINDOW = 2000
 _NO_PAYLOADS = Limits(max_payloads=0)
 
 
@@ -66,7 +69,7 @@ class _Field:
     text: str
     mask: int
     norm: Normalised | None = None
-    keyword_spans: list[dict[int, list[tuple[int, int]]]] = field(default_factory=list)
+    scans: list[KeywordScan] = field(default_factory=list)  # one per source
     candidates: list[set[int]] = field(default_factory=list)
 
 
@@ -95,8 +98,7 @@ class _Plan:
     by_keyword: Mapping[int, tuple[int, ...]]
     by_pattern: Mapping[int, tuple[int, ...]]
     by_signal: Mapping[str, tuple[int, ...]]
-    substring: tuple[tuple[int, tuple[str, ...]], ...]
-    always_patterns: tuple[int, ...]
+    unconditional: tuple[int, ...]  # patterns with no automaton gate, outside Hyperscan
 
 
 class _Program:
@@ -174,8 +176,7 @@ class _Program:
             by_keyword={k: tuple(v) for k, v in by_keyword.items()},
             by_pattern={k: tuple(v) for k, v in by_pattern.items()},
             by_signal={k: tuple(v) for k, v in by_signal.items()},
-            substring=tuple((pid, g.literals) for pid, g in gates if g.kind == "substring"),
-            always_patterns=tuple(pid for pid, g in gates if g.kind == "always"),
+            unconditional=tuple(pid for pid, g in gates if g.kind != "ac"),
         )
 
     # ------------------------------------------------------------ scanning
@@ -198,13 +199,11 @@ class _Program:
         item.norm = norm
         triggered: set[int] = set()
         for source in norm.sources:
-            spans, gated = self.matcher.keywords(source.kw.text)
-            candidates = self.matcher.candidates(
-                source, gated, plan.substring, plan.always_patterns
-            )
-            item.keyword_spans.append(spans)
+            scan = self.matcher.keywords(source.kw.text)
+            candidates = self.matcher.candidates(source, scan.gated, plan.unconditional)
+            item.scans.append(scan)
             item.candidates.append(candidates)
-            for keyword_id in spans:
+            for keyword_id in scan.spans:
                 triggered.update(plan.by_keyword.get(keyword_id, ()))
             for pattern_id in candidates:
                 triggered.update(plan.by_pattern.get(pattern_id, ()))
@@ -246,6 +245,7 @@ class _Evaluation:
         self.event = event
         self.fields = fields
         self.cache: dict[int, list[Hit] | None] = {}
+        self.timeout = program.options.regex_timeout
 
     def node(self, node: Node) -> list[Hit] | None:
         if isinstance(node, AnyOf):
@@ -288,8 +288,8 @@ class _Evaluation:
         hits: list[Hit] = []
         for index, item in self._selected(leaf):
             assert item.norm is not None
-            for source, spans in zip(item.norm.sources, item.keyword_spans, strict=True):
-                for start, end in spans.get(keyword_id, ()):
+            for source, scan in zip(item.norm.sources, item.scans, strict=True):
+                for start, end in scan.spans.get(keyword_id, ()):
                     span = source.kw.map.span(start, end)
                     hit = self._context(leaf.context, index, item, span, source.kw.text[start:end])
                     if hit is not None:
@@ -299,15 +299,27 @@ class _Evaluation:
     def _regexes(self, leaf: RegexLeaf) -> list[Hit] | None:
         hits: list[Hit] = []
         seen: set[tuple[int, int, int]] = set()
-        timeout = self.program.options.regex_timeout
         for index, item in self._selected(leaf):
             assert item.norm is not None
-            for source, candidates in zip(item.norm.sources, item.candidates, strict=True):
+            sources = zip(item.norm.sources, item.scans, item.candidates, strict=True)
+            for source, scan, candidates in sources:
                 for pattern in leaf.patterns:
-                    if self.program.pattern_ids[id(pattern)] not in candidates:
+                    pattern_id = self.program.pattern_ids[id(pattern)]
+                    if pattern_id not in candidates:
                         continue
+                    anchored = bool(pattern.gate.starts) and pattern_id not in scan.overflow
+                    starts = scan.starts.get(pattern_id, [])
                     for view in source.regex_views:
-                        for start, end, value in self._run(pattern, view.text, leaf, timeout):
+                        windows = None
+                        if view.from_kw is not None and not anchored:
+                            windows = _windows(pattern, scan, view.from_kw, len(view.text))
+                        if anchored and view.from_kw is not None:
+                            found = self._run_at(pattern, view.text, view.from_kw, starts, leaf)
+                        elif windows is not None:
+                            found = self._run_windows(pattern, view.text, windows, leaf)
+                        else:
+                            found = self._run(pattern, view.text, leaf)
+                        for start, end, value in found:
                             span = view.map.span(start, end)
                             if (index, *span) in seen:
                                 continue
@@ -317,22 +329,90 @@ class _Evaluation:
                                 hits.append(hit)
         return hits or None
 
-    def _run(
-        self, pattern: Pattern, text: str, leaf: RegexLeaf, timeout: float
-    ) -> list[tuple[int, int, str]]:
+    def _accept(self, match: Any, pattern: Pattern, leaf: RegexLeaf) -> tuple[int, int] | None:
+        """The evidence span of a match, or None if the leaf's validator rejects it."""
+        start, end = match.span(pattern.evidence_group)
+        if start < 0:
+            start, end = match.span()
+        if leaf.validator is not None:
+            checked = match.group(pattern.check_group) or match.group()
+            if not leaf.validator.check(checked):
+                return None
+        return start, end
+
+    def _run(self, pattern: Pattern, text: str, leaf: RegexLeaf) -> list[tuple[int, int, str]]:
+        """Every match in the text, as ``finditer`` gives them (bounded in number and time)."""
         out: list[tuple[int, int, str]] = []
         try:
-            for match in pattern.compiled.finditer(text, timeout=timeout):
-                start, end = match.span(pattern.evidence_group)
-                if start < 0:
-                    start, end = match.span()
-                if leaf.validator is not None:
-                    checked = match.group(pattern.check_group) or match.group()
-                    if not leaf.validator.check(checked):
-                        continue
-                out.append((start, end, text[start:end]))
-                if len(out) >= MAX_HITS_PER_PATTERN:
-                    break
+            for match in pattern.compiled.finditer(text, timeout=self.timeout):
+                span = self._accept(match, pattern, leaf)
+                if span is not None:
+                    out.append((*span, text[span[0] : span[1]]))
+                    if len(out) >= MAX_HITS_PER_PATTERN:
+                        break
+        except TimeoutError:
+            self.program.regex_timeouts += 1
+        return out
+
+    def _run_at(
+        self,
+        pattern: Pattern,
+        text: str,
+        from_kw: SpanMap,
+        kw_starts: list[int],
+        leaf: RegexLeaf,
+    ) -> list[tuple[int, int, str]]:
+        """The same matches as ``_run``, trying the regex only where a start literal is.
+
+        Every match begins with one of the pattern's start literals, so trying
+        each such place left to right and skipping overlaps finds exactly the
+        non-overlapping matches a full ``finditer`` would.
+        """
+        out: list[tuple[int, int, str]] = []
+        resume = 0
+        try:
+            for pos in sorted({from_kw.span(k, k + 1)[0] for k in kw_starts}):
+                if pos < resume:
+                    continue
+                match = pattern.compiled.match(text, pos, timeout=self.timeout)
+                if match is None:
+                    continue
+                resume = match.end()
+                span = self._accept(match, pattern, leaf)
+                if span is not None:
+                    out.append((*span, text[span[0] : span[1]]))
+                    if len(out) >= MAX_HITS_PER_PATTERN:
+                        break
+        except TimeoutError:
+            self.program.regex_timeouts += 1
+        return out
+
+    def _run_windows(
+        self, pattern: Pattern, text: str, windows: list[tuple[int, int]], leaf: RegexLeaf
+    ) -> list[tuple[int, int, str]]:
+        """Matches found inside windows around required literals, left to right.
+
+        A match that reaches a window's end is matched again from its start
+        over the whole text, so the window's edge never shapes a match.
+        """
+        out: list[tuple[int, int, str]] = []
+        resume = 0
+        size = len(text)
+        compiled = pattern.compiled
+        try:
+            for low, high in windows:
+                for found in compiled.finditer(text, max(low, resume), high, timeout=self.timeout):
+                    match = found
+                    if found.end() >= high and high < size:
+                        match = compiled.match(text, found.start(), timeout=self.timeout)
+                        if match is None:
+                            continue
+                    resume = match.end()
+                    span = self._accept(match, pattern, leaf)
+                    if span is not None:
+                        out.append((*span, text[span[0] : span[1]]))
+                        if len(out) >= MAX_HITS_PER_PATTERN:
+                            return out
         except TimeoutError:
             self.program.regex_timeouts += 1
         return out
@@ -361,6 +441,44 @@ class _Evaluation:
         if context.near.search(folded):
             return Hit(index, start, end, value, 0.0 if context.require else context.boost)
         return None if context.require else Hit(index, start, end, value, 0.0)
+
+
+def _windows(
+    pattern: Pattern, scan: KeywordScan, from_kw: SpanMap, size: int
+) -> list[tuple[int, int]] | None:
+    """Where in a view the pattern can match, or None to run it over the whole view.
+
+    Every match holds a literal of each gate set; windows are taken around the
+    occurrences of the set seen least often, ``max_width`` wide on each side
+    (``REGEX_WINDOW`` when the pattern's width is unbounded), and merged.
+    """
+    if pattern.gate.kind != "ac":
+        return None
+    width = pattern.max_width if pattern.max_width is not None else REGEX_WINDOW
+    width = min(width, REGEX_WINDOW)
+    best: list[tuple[int, int]] | None = None
+    for alternatives in pattern.gate.sets:
+        spans: list[tuple[int, int]] = []
+        for literal in alternatives:
+            ends = scan.literal_ends.get(literal, ())
+            if len(ends) > MAX_LITERAL_ENDS:
+                break
+            spans.extend((end - len(literal) + 1, end + 1) for end in ends)
+        else:
+            if best is None or len(spans) < len(best):
+                best = spans
+    if best is None:
+        return None
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(from_kw.span(s, e) for s, e in best):
+        low, high = max(0, start - width), min(size, end + width)
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    if sum(high - low for low, high in merged) * 2 > size:
+        return None
+    return merged
 
 
 def _finding(rule: Rule, hits: list[Hit], fields: Sequence[_Field], salt: bytes) -> Finding:

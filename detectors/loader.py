@@ -407,7 +407,10 @@ class _Loader:
             )
         secret: str | int = "secret" if "secret" in compiled.groupindex else 0
         check: str | int = secret if secret else (1 if compiled.groups else 0)
-        return Pattern(source, compiled, info.gate, secret, check, info.largest_repeat), None
+        pattern = Pattern(
+            source, compiled, info.gate, secret, check, info.largest_repeat, info.max_width
+        )
+        return pattern, None
 
     def pattern(self, node: YNode, rule_id: str | None) -> Pattern | None:
         source = self.string(node, "'regex'", rule_id)

@@ -4,8 +4,11 @@ All keyword phrases of all rules go into one ``ahocorasick.Automaton`` run
 over the keyword view of each text. Regexes are never run blindly: a regex is
 a *candidate* for a text only if
 
-* one of the literals the regex requires (derived from its parse tree) was
-  found by the same Aho-Corasick pass; or, for regexes without such a literal,
+* the literals it requires were found by the same Aho-Corasick pass: the
+  loader derives from each regex's parse tree sets of literals such that every
+  match holds one literal of each set (``ignore\\s+previous`` requires
+  "ignore previous" as the keyword view spells it), and a regex runs only if
+  every set had a hit; or, for regexes without such literals,
 * Hyperscan (when available) reports it may match: those regexes go into one
   database compiled in prefilter mode with ``HS_FLAG_SINGLEMATCH``, which says
   *which* of them can match; or (fallback, and for regexes Hyperscan cannot
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ahocorasick
@@ -42,9 +46,24 @@ MAX_SPANS_PER_KEYWORD = 16
 # Patterns with a finite repeat bound above this compile too slowly in Hyperscan.
 HYPERSCAN_MAX_REPEAT = 32
 
-# (phrase length, needs word boundary on the left, on the right,
-#  keyword leaf ids, pattern ids gated by this literal)
-AcValue = tuple[int, bool, bool, tuple[int, ...], tuple[int, ...]]
+MAX_STARTS = 64  # anchored regex attempts per pattern and text before a full run
+MAX_LITERAL_ENDS = 64  # positions kept per gate literal (for windowed regex runs)
+
+# (phrase length, needs word boundary on the left, on the right, keyword leaf
+#  ids, (pattern id, gate set index) pairs, ids of patterns that start with it,
+#  the phrase itself)
+AcValue = tuple[int, bool, bool, tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...], str]
+
+
+@dataclass(slots=True)
+class KeywordScan:
+    """What one automaton pass over a keyword view found."""
+
+    spans: dict[int, list[tuple[int, int]]]  # keyword leaf id -> spans in the view
+    gated: set[int]  # patterns whose literal gate passed
+    starts: dict[int, list[int]]  # anchored pattern id -> where its start literals are
+    overflow: set[int]  # anchored patterns with too many starts: run them in full
+    literal_ends: dict[str, list[int]]  # gate literal -> last index of each occurrence
 
 
 def hyperscan_available() -> bool:
@@ -109,6 +128,13 @@ class Matcher:
             ]
             self._db, self.hyperscan_ids = _compile_hyperscan(self.patterns, unanchored)
         self._local = threading.local()
+        self.full_masks: dict[int, int] = {}
+        self.checks = {i: p.gate.checks for i, p in enumerate(self.patterns) if p.gate.checks}
+        self.run_gates = {
+            i: (p.gate.run_table, p.gate.run_length)
+            for i, p in enumerate(self.patterns)
+            if p.gate.run_length
+        }
         self.automaton = self._build_automaton(keyword_leaves)
 
     @property
@@ -117,16 +143,22 @@ class Matcher:
 
     def _build_automaton(self, keyword_leaves: Sequence[KeywordLeaf]) -> Any:
         keywords: dict[str, list[int]] = {}
-        literals: dict[str, list[int]] = {}
+        literals: dict[str, list[tuple[int, int]]] = {}
+        starts: dict[str, list[int]] = {}
         for leaf_id, leaf in enumerate(keyword_leaves):
             for phrase in leaf.phrases:
                 keywords.setdefault(phrase, []).append(leaf_id)
         for pattern_id, pattern in enumerate(self.patterns):
-            if pattern.gate.kind == "ac" and pattern_id not in self.hyperscan_ids:
-                for literal in pattern.gate.literals:
-                    literals.setdefault(literal, []).append(pattern_id)
+            if pattern.gate.kind != "ac" or pattern_id in self.hyperscan_ids:
+                continue
+            self.full_masks[pattern_id] = (1 << len(pattern.gate.sets)) - 1
+            for set_index, alternatives in enumerate(pattern.gate.sets):
+                for literal in alternatives:
+                    literals.setdefault(literal, []).append((pattern_id, set_index))
+            for literal in pattern.gate.starts:
+                starts.setdefault(literal, []).append(pattern_id)
         automaton = ahocorasick.Automaton()
-        for key in keywords.keys() | literals.keys():
+        for key in keywords.keys() | literals.keys() | starts.keys():
             kw_ids = tuple(keywords.get(key, ()))
             value: AcValue = (
                 len(key),
@@ -134,25 +166,43 @@ class Matcher:
                 bool(kw_ids) and _is_word(key[-1]),
                 kw_ids,
                 tuple(literals.get(key, ())),
+                tuple(starts.get(key, ())),
+                key,
             )
             automaton.add_word(key, value)
         if len(automaton):
             automaton.make_automaton()
         return automaton
 
-    def keywords(self, text: str) -> tuple[dict[int, list[tuple[int, int]]], set[int]]:
-        """Keyword-leaf spans (word-bounded) and literal-gated pattern ids found in ``text``."""
-        spans: dict[int, list[tuple[int, int]]] = {}
-        gated: set[int] = set()
+    def keywords(self, text: str) -> KeywordScan:
+        """One automaton pass: keyword spans (word-bounded), passed gates, start positions."""
+        result = KeywordScan({}, set(), {}, set(), {})
         if not len(self.automaton):
-            return spans, gated
+            return result
+        spans = result.spans
+        starts = result.starts
+        ends = result.literal_ends
+        masks: dict[int, int] = {}
         size = len(text)
-        for last, (length, left, right, kw_ids, pattern_ids) in self.automaton.iter(text):
-            if pattern_ids:
-                gated.update(pattern_ids)
+        for last, value in self.automaton.iter(text):
+            length, left, right, kw_ids, gate_refs, start_ids, key = value
+            if gate_refs:
+                found_ends = ends.get(key)
+                if found_ends is None:
+                    ends[key] = [last]
+                    for pattern_id, set_index in gate_refs:
+                        masks[pattern_id] = masks.get(pattern_id, 0) | (1 << set_index)
+                elif len(found_ends) <= MAX_LITERAL_ENDS:
+                    found_ends.append(last)
+            start = last - length + 1
+            for pattern_id in start_ids:
+                positions = starts.setdefault(pattern_id, [])
+                if len(positions) < MAX_STARTS:
+                    positions.append(start)
+                else:
+                    result.overflow.add(pattern_id)
             if not kw_ids:
                 continue
-            start = last - length + 1
             if left and start > 0 and _is_word(text[start - 1]):
                 continue
             if right and last + 1 < size and _is_word(text[last + 1]):
@@ -163,7 +213,9 @@ class Matcher:
                     spans[leaf_id] = [(start, last + 1)]
                 elif len(found) < MAX_SPANS_PER_KEYWORD:
                     found.append((start, last + 1))
-        return spans, gated
+        full = self.full_masks
+        result.gated = {pid for pid, mask in masks.items() if mask == full[pid]}
+        return result
 
     def _scratch(self) -> Any:
         scratch = getattr(self._local, "scratch", None)
@@ -190,20 +242,47 @@ class Matcher:
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)
         return found
 
-    def candidates(
-        self,
-        source: Source,
-        gated: set[int],
-        substring: Sequence[tuple[int, tuple[str, ...]]],
-        always: Sequence[int],
-    ) -> set[int]:
-        """Pattern ids that may match one of the source's regex views."""
+    def candidates(self, source: Source, gated: set[int], unconditional: Sequence[int]) -> set[int]:
+        """Pattern ids that may match one of the source's regex views.
+
+        ``gated``: patterns whose automaton gate passed; ``unconditional``:
+        patterns without one (and not in the Hyperscan database). All of them
+        must then pass their substring checks and required-run test.
+        """
         out = set(gated)
         if self._db is not None:
             out |= self.hyperscan_candidates(view.text for view in source.regex_views)
+        out.update(unconditional)
         kw_text = source.kw.text
-        for pattern_id, literals in substring:
-            if any(literal in kw_text for literal in literals):
-                out.add(pattern_id)
-        out.update(always)
+        for pattern_id in [pid for pid in out if pid in self.checks]:
+            if not all(
+                any(literal in kw_text for literal in alternatives)
+                for alternatives in self.checks[pattern_id]
+            ):
+                out.discard(pattern_id)
+        gated_runs = [pid for pid in out if pid in self.run_gates]
+        if gated_runs:
+            out.difference_update(self._failed_runs(source, gated_runs))
         return out
+
+    def _failed_runs(self, source: Source, pattern_ids: Sequence[int]) -> list[int]:
+        """Patterns whose required run of class characters occurs in no regex view."""
+        if all(view.text.isascii() for view in source.regex_views):
+            # Pure-ASCII text: runs of non-ASCII-only classes fail without looking.
+            non_ascii_only = [
+                pid for pid in pattern_ids if b"x" not in self.run_gates[pid][0][:128]
+            ]
+            if len(non_ascii_only) == len(pattern_ids):
+                return non_ascii_only
+        data = [view.text.encode("utf-8", "surrogatepass") for view in source.regex_views]
+        marked: dict[bytes, list[bytes]] = {}
+        failed: list[int] = []
+        for pattern_id in pattern_ids:
+            table, length = self.run_gates[pattern_id]
+            views = marked.get(table)
+            if views is None:
+                views = marked[table] = [d.translate(table) for d in data]
+            needle = b"x" * length
+            if not any(needle in view for view in views):
+                failed.append(pattern_id)
+        return failed

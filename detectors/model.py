@@ -50,18 +50,30 @@ SELECTOR_ROOTS: tuple[str, ...] = (
 )
 MASKED_CATEGORIES = frozenset({"pii", "secret"})
 
-# How a regex can be skipped cheaply when it cannot match:
-#   "ac": one of ``literals`` (lower-case ASCII, no spaces, >= 3 chars) must be
-#         found by the shared Aho-Corasick pass;
-#   "substring": one of ``literals`` (shorter) must occur in the folded text;
-#   "always": no literal is required, the regex always runs.
+# How a regex is skipped cheaply when it cannot match. Literal sets are
+# case-folded, as the keyword view spells them, and every match holds one
+# literal of each set:
+#   ``sets``: selective sets, each of which the shared Aho-Corasick pass must
+#             have seen (kind "ac");
+#   ``checks``: a few less selective sets, tested with ``in`` on the keyword view
+#               once the rest of the gate has passed (kind "substring" when a
+#               pattern has only these);
+#   ``starts``: literals one of which every match starts with: the engine tries
+#               the regex only where the automaton saw one of them;
+#   ``run_table``/``run_length``: every match holds ``run_length`` consecutive
+#               bytes (of the UTF-8 text) that ``run_table`` maps to b"x".
+# Kind "always": nothing usable; the regex runs (Hyperscan may still skip it).
 GateKind = Literal["ac", "substring", "always"]
 
 
 @dataclass(frozen=True, slots=True)
 class Gate:
     kind: GateKind
-    literals: tuple[str, ...] = ()
+    sets: tuple[tuple[str, ...], ...] = ()
+    starts: tuple[str, ...] = ()
+    checks: tuple[tuple[str, ...], ...] = ()
+    run_table: bytes = b""
+    run_length: int = 0
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -78,6 +90,8 @@ class Pattern:
     # Largest finite repeat bound (None: not parsed); large bounds make
     # Hyperscan's compile slow, so such patterns stay out of its database.
     largest_repeat: int | None = None
+    # Longest possible match (None: unbounded or unknown).
+    max_width: int | None = None
 
 
 @dataclass(frozen=True, eq=False, slots=True)

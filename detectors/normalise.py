@@ -79,11 +79,13 @@ _EXTRA_FOLDS = {
     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
     "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
     "\u2015": "-", "\u2212": "-", "\u2028": " ", "\u2029": " ", "\u0085": " ",
+    "\u1680": " ",
 }  # fmt: skip
 
 # Code point ranges whose characters get a precomputed fold.
 _FOLD_RANGES = (
     (0x0080, 0x04FF),  # Latin-1, Latin Extended, IPA, combining marks, Greek, Cyrillic
+    (0x1680, 0x1680),  # ogham space mark
     (0x1AB0, 0x1AFF),  # combining marks extended
     (0x1DC0, 0x1EFF),  # combining marks supplement, Latin Extended Additional
     (0x2000, 0x218F),  # punctuation, super/subscripts, letterlike, number forms
@@ -142,7 +144,7 @@ _FOLD_TABLE = _build_fold_table()
 # Characters whose fold is not exactly one character (deleted or expanded).
 _IRREGULAR_RE = re.compile(_char_class(cp for cp, v in _FOLD_TABLE.items() if len(v) != 1))
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
-_ASCII_WS = {cp: " " for cp in (9, 10, 11, 12, 13, 28, 29, 30, 31)}
+_RARE_WS_RE = re.compile("[\x0b\x0c\x1c-\x1f]")
 _MULTI_SPACE_RE = re.compile(" {2,}")
 
 # ---------------------------------------------------------------- payload detection
@@ -165,6 +167,7 @@ class Limits:
 
     max_payloads: int = 8
     max_payload_chars: int = 65_536
+    max_attempts: int = 32  # candidate runs tried per text (most are not payloads)
 
 
 DEFAULT_LIMITS = Limits()
@@ -280,8 +283,15 @@ def _compose(outer: SpanMap, inner: SpanMap) -> SpanMap:
 
 @dataclass(frozen=True, slots=True)
 class View:
+    """A text to scan; ``map`` takes its spans to the original field text.
+
+    For regex views, ``from_kw`` takes positions of the source's keyword view
+    to positions of this view (where the automaton saw a literal, here).
+    """
+
     text: str
     map: SpanMap
+    from_kw: SpanMap | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,8 +319,18 @@ class Normalised:
 # ---------------------------------------------------------------- folding
 
 
+def _spaced(text: str) -> str:
+    """ASCII whitespace turned into spaces, one for one (str.replace is fastest here)."""
+    for ch in "\n\t\r":
+        if ch in text:
+            text = text.replace(ch, " ")
+    if _RARE_WS_RE.search(text) is not None:
+        text = _RARE_WS_RE.sub(" ", text)
+    return text
+
+
 def _collapse(text: str) -> View:
-    spaced = text.translate(_ASCII_WS)
+    spaced = _spaced(text)
     if "  " not in spaced:
         return View(spaced, IDENTITY)
     return View(_MULTI_SPACE_RE.sub(" ", spaced), LazyCollapse(spaced))
@@ -399,15 +419,23 @@ def _casefold(text: str) -> tuple[str, SpanMap]:
     folded = text.casefold()
     if len(folded) == len(text):
         return folded, IDENTITY
+    # Some non-ASCII characters fold to several (ß -> ss): map them one by one.
     pieces: list[str] = []
     edits: list[tuple[int, int, int, int]] = []
+    pos = 0
     new_len = 0
-    for index, ch in enumerate(text):
-        lowered = ch.casefold()
-        if len(lowered) != 1:
-            edits.append((new_len, new_len + len(lowered), index, index + 1))
-        pieces.append(lowered)
-        new_len += len(lowered)
+    for match in _NON_ASCII_RE.finditer(text):
+        start, end = match.span()
+        pieces.append(text[pos:start].casefold())
+        new_len += start - pos
+        for index in range(start, end):
+            lowered = text[index].casefold()
+            if len(lowered) != 1:
+                edits.append((new_len, new_len + len(lowered), index, index + 1))
+            pieces.append(lowered)
+            new_len += len(lowered)
+        pos = end
+    pieces.append(text[pos:].casefold())
     return "".join(pieces), EditMap(edits)
 
 
@@ -423,12 +451,13 @@ def stable_pieces(literal: str) -> list[str]:
     piece occurs in that text's keyword view. Whitespace and characters that
     folding may change split the literal. Look-alike letters are kept only in
     pieces that also hold a non-ASCII letter which is not a look-alike: a word
-    containing such a letter is never homoglyph-folded.
+    containing such a letter is never homoglyph-folded. A single space stands
+    for any run of whitespace.
     """
     pieces: list[str] = []
     current: list[str] = []
     for ch in literal.casefold():
-        if ch.isspace() or not _fold_stable(ch):
+        if (ch.isspace() and ch != " ") or not _fold_stable(ch):
             pieces.append("".join(current))
             current = []
         else:
@@ -479,10 +508,9 @@ def _decode_base64(run: str) -> str | None:
 
 
 def _decode_run(run: str) -> tuple[str, str] | None:
-    if len(run) % 2 == 0 and _HEX_RE.fullmatch(run):
-        text = _printable(bytes.fromhex(run))
-        if text is not None:
-            return "hex", text
+    if _HEX_RE.fullmatch(run):  # hex digits only: hex or nothing
+        text = _printable(bytes.fromhex(run)) if len(run) % 2 == 0 else None
+        return ("hex", text) if text is not None else None
     text = _decode_base64(run)
     return ("base64", text) if text is not None else None
 
@@ -495,8 +523,8 @@ def _has_encoded_run(text: str) -> bool:
 def _encoded_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
     found: list[tuple[int, int, str, str]] = []
     max_encoded = limits.max_payload_chars * 2
-    for match in _ENCODED_RUN_RE.finditer(text):
-        if len(found) >= limits.max_payloads:
+    for attempt, match in enumerate(_ENCODED_RUN_RE.finditer(text)):
+        if len(found) >= limits.max_payloads or attempt >= limits.max_attempts:
             break
         run = match.group()
         if len(run) > max_encoded:
@@ -509,7 +537,7 @@ def _encoded_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
 
 def _url_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
     found: list[tuple[int, int, str, str]] = []
-    spaced = text.translate(_ASCII_WS)
+    spaced = _spaced(text)
     end = -1
     for match in _PCT_ESCAPE_RE.finditer(spaced):
         if match.start() < end:
@@ -541,18 +569,19 @@ def _tag_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
 def _payload_source(span: tuple[int, int], encoding: str, decoded: str) -> Source:
     inner = normalise(decoded, limits=Limits(max_payloads=0))
     fixed = Fixed(span)
-    views = tuple(View(v.text, fixed) for v in inner.sources[0].regex_views)
+    views = tuple(View(v.text, fixed, v.from_kw) for v in inner.sources[0].regex_views)
     return Source(View(inner.sources[0].kw.text, fixed), views, span, encoding)
 
 
-def _add_payloads(out: Normalised, limits: Limits, non_ascii: bool) -> None:
+def _add_payloads(out: Normalised, limits: Limits, hidden: bool) -> None:
+    """Decode embedded payloads; ``hidden``: invisible characters (maybe tags) were seen."""
     text = out.original
     runs: list[tuple[int, int, str, str]] = []
     if _has_encoded_run(text):
         runs.extend(_encoded_runs(text, limits))
     if "%" in text:
         runs.extend(_url_runs(text, limits))
-    if non_ascii:
+    if hidden:
         runs.extend(_tag_runs(text, limits))
     for start, end, encoding, decoded in runs[: limits.max_payloads]:
         out.sources.append(_payload_source((start, end), encoding, decoded))
@@ -567,20 +596,22 @@ def _add_payloads(out: Normalised, limits: Limits, non_ascii: bool) -> None:
 def normalise(text: str, *, limits: Limits = DEFAULT_LIMITS) -> Normalised:
     """Fold ``text`` for scanning; see the module docstring for what comes out."""
     if text.isascii():
-        out = Normalised(text, [Source(_collapse(text.lower()), (View(text, IDENTITY),))])
+        kw = _collapse(text.lower())
+        out = Normalised(text, [Source(kw, (View(text, IDENTITY, kw.map),))])
         if limits.max_payloads:
-            _add_payloads(out, limits, non_ascii=False)
+            _add_payloads(out, limits, hidden=False)
         return out
     out = Normalised(text, [])
     clean, fold_map = _fold_non_ascii(text, out)
     clean = _fold_homoglyphs(clean, fold_map, out)
     lowered, case_map = _casefold(clean)
     kw = _collapse(lowered)
-    kw_map = _compose(kw.map, _compose(case_map, fold_map))
-    views = (
-        (View(text, IDENTITY),) if clean == text else (View(text, IDENTITY), View(clean, fold_map))
-    )
+    kw_to_clean = _compose(kw.map, case_map)
+    kw_map = _compose(kw_to_clean, fold_map)
+    views: tuple[View, ...] = (View(text, IDENTITY, kw_map),)
+    if clean != text:
+        views = (*views, View(clean, fold_map, kw_to_clean))
     out.sources.append(Source(View(kw.text, kw_map), views))
     if limits.max_payloads:
-        _add_payloads(out, limits, non_ascii=True)
+        _add_payloads(out, limits, hidden="hidden_unicode" in out.signals)
     return out

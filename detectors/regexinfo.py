@@ -17,6 +17,7 @@ and only the timed check with generic inputs.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,32 @@ _IGNORECASE = 2  # re.IGNORECASE
 _MAXREPEAT: int = _C.MAXREPEAT
 _LARGE_REPEAT = 8  # an outer repeat allowing more iterations counts as unbounded
 _AC_MIN_LITERAL = 3
-_AC_MAX_ALTERNATIVES = 64
+_AC_MAX_ALTERNATIVES = 1024
+_MIN_RUN_GATE = 12  # a required run of at least this many class characters is checked
 _SUBSTRING_MAX_ALTERNATIVES = 16
+_MAX_GATE_SETS = 16
+_MAX_CHECKS = 3
+_EXACT_MAX_REPEAT = 3
+_SPACES_RE = re.compile(r"\s+")
 _PUMPS = 64
 CHECK_TIMEOUT = 0.25  # seconds allowed per adversarial input
+
+# The most frequent English words: as the only literal a regex requires they
+# would send it to nearly every text, so sets holding one do not gate.
+COMMON_WORDS = frozenset((
+    "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at",
+    "be", "because", "been", "before", "being", "but", "by", "can", "could", "did", "do",
+    "does", "doing", "done", "down", "each", "even", "every", "for", "from", "get", "give",
+    "go", "going", "good", "got", "had", "has", "have", "he", "her", "here", "him", "his",
+    "how", "i", "if", "in", "into", "is", "it", "its", "just", "know", "like", "make", "many",
+    "may", "me", "more", "most", "much", "must", "my", "new", "no", "not", "now", "of", "off",
+    "on", "one", "only", "or", "other", "our", "out", "over", "people", "please", "said",
+    "say", "see", "she", "should", "so", "some", "such", "take", "than", "that", "the",
+    "their", "them", "then", "there", "these", "they", "thing", "think", "this", "those",
+    "through", "time", "to", "too", "two", "up", "us", "use", "used", "very", "want", "was",
+    "way", "we", "well", "were", "what", "when", "where", "which", "while", "who", "why",
+    "will", "with", "without", "would", "year", "yes", "you", "your",
+))  # fmt: skip
 
 # Characters used to compute first-character sets and sample strings.
 _PROBES = (
@@ -51,6 +74,7 @@ class RegexInfo:
     min_width: int | None  # None when the pattern could not be parsed
     problems: tuple[str, ...]  # backtracking hazards found statically
     largest_repeat: int | None  # the largest finite upper bound of any repeat
+    max_width: int | None  # longest possible match; None if unbounded or unknown
 
 
 def _name(op: Any) -> str:
@@ -270,27 +294,41 @@ def _hazards(items: Sequence[tuple[Any, Any]], icase: bool, out: list[str]) -> N
 
 def _usable(literal: str) -> str:
     """The longest piece of a literal that survives text folding unchanged."""
-    return max(stable_pieces(literal), key=len, default="")
+    return max(stable_pieces(_SPACES_RE.sub(" ", literal)), key=len, default="")
 
 
 def _alternatives(raw: Iterable[str]) -> frozenset[str] | None:
-    out = set()
+    """Usable pieces of each literal, minimised: one containing another is dropped."""
+    pieces = set()
     for literal in raw:
-        piece = _usable(literal)
+        piece = _usable(literal).strip(" ")
         if not piece:
             return None
-        out.add(piece)
-    return frozenset(out)
+        pieces.add(piece)
+    kept: list[str] = []
+    for piece in sorted(pieces, key=len):
+        if not any(shorter in piece for shorter in kept):
+            kept.append(piece)
+    return frozenset(kept)
 
 
-def _better(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    key_a = (min(map(_weight, a)), -len(a))
-    key_b = (min(map(_weight, b)), -len(b))
-    return b if key_b > key_a else a
+def _weight(literal: str) -> int:
+    """How selective a literal is: non-ASCII characters count double, spaces not at all."""
+    return sum(0 if ch == " " else 1 if ch.isascii() else 2 for ch in literal)
+
+
+def _selective(literal: str) -> bool:
+    return _weight(literal) >= _AC_MIN_LITERAL and literal.strip(" ") not in COMMON_WORDS
+
+
+def _strength(alternatives: frozenset[str]) -> tuple[int, int]:
+    """Orders literal sets: a set is as selective as its weakest literal."""
+    weakest = min(_weight(a) if _selective(a) else 0 for a in alternatives)
+    return weakest, -len(alternatives)
+
+
+def _best(sets: Sequence[frozenset[str]]) -> frozenset[str] | None:
+    return max(sets, key=_strength, default=None)
 
 
 def _inline_groups(items: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
@@ -307,79 +345,222 @@ def _inline_groups(items: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return out
 
 
-def _literal_chars(op: Any, av: Any) -> list[str] | None:
+def _is_space_item(op: Any, av: Any) -> bool:
     name = _name(op)
+    return (name == "CATEGORY" and _name(av) == "CATEGORY_SPACE") or (
+        name == "LITERAL" and chr(av).isspace()
+    )
+
+
+def _is_space(op: Any, av: Any) -> bool:
+    """The item matches whitespace only (the keyword view shows any run as one space)."""
+    if _name(op) == "IN":
+        return bool(av) and all(_is_space_item(o, a) for o, a in av)
+    return _is_space_item(op, av)
+
+
+def _product(left: frozenset[str], right: frozenset[str]) -> frozenset[str] | None:
+    if len(left) * len(right) > _AC_MAX_ALTERNATIVES:
+        return None
+    return frozenset(a + b for a in left for b in right)
+
+
+def _exact(items: Sequence[tuple[Any, Any]]) -> frozenset[str] | None:
+    """Every string the sequence can match, if that is a small finite set."""
+    out: frozenset[str] | None = frozenset({""})
+    for op, av in items:
+        options = _exact_item(op, av)
+        if options is None or out is None:
+            return None
+        out = _product(out, options)
+    return out
+
+
+def _exact_item(op: Any, av: Any) -> frozenset[str] | None:
+    name = _name(op)
+    if _is_space(op, av):
+        return frozenset({" "})
     if name == "LITERAL":
-        return [chr(av)]
-    if name == "IN" and av and all(_name(o) == "LITERAL" for o, _ in av):
-        return sorted({chr(a).lower() for _, a in av})
+        return frozenset({chr(av)})
+    if name == "IN" and av and all(_name(o) == "LITERAL" or _is_space_item(o, a) for o, a in av):
+        return frozenset(" " if _is_space_item(o, a) else chr(a) for o, a in av)
+    if name in ("AT", "ASSERT", "ASSERT_NOT"):
+        return frozenset({""})
+    if name == "SUBPATTERN":
+        return _exact(_items(av[3]))
+    if name == "ATOMIC_GROUP":
+        return _exact(_items(av))
+    if name == "BRANCH":
+        union: set[str] = set()
+        for branch in av[1]:
+            options = _exact(_items(branch))
+            if options is None:
+                return None
+            union |= options
+        return frozenset(union) if len(union) <= _AC_MAX_ALTERNATIVES else None
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        return _exact_repeat(av[0], av[1], _items(av[2]))
     return None
 
 
-def _required(items: Sequence[tuple[Any, Any]]) -> frozenset[str] | None:
-    """A set of literals one of which every match contains (None if unknown)."""
-    best: frozenset[str] | None = None
-    run: list[str] = [""]
+def _exact_repeat(low: int, high: int, body: Sequence[tuple[Any, Any]]) -> frozenset[str] | None:
+    if len(body) == 1 and _is_space(*body[0]):
+        return frozenset({" "}) if low >= 1 else frozenset({"", " "})
+    if high > _EXACT_MAX_REPEAT:
+        return None
+    inner = _exact(body)
+    if inner is None:
+        return None
+    result: set[str] = set()
+    power: frozenset[str] | None = frozenset({""})
+    for count in range(high + 1):
+        if power is None:
+            return None
+        if count >= low:
+            result |= power
+        if count < high:
+            power = _product(power, inner)
+    return frozenset(result) if len(result) <= _AC_MAX_ALTERNATIVES else None
+
+
+def _required_sets(items: Sequence[tuple[Any, Any]]) -> list[frozenset[str]]:
+    """Sets of literals such that every match contains one literal of each set."""
+    sets: list[frozenset[str]] = []
+    run: frozenset[str] = frozenset({""})
 
     def flush() -> None:
-        nonlocal best, run
-        if run != [""]:
-            best = _better(best, _alternatives(run))
-        run = [""]
+        nonlocal run
+        alternatives = _alternatives(run) if run != {""} else None
+        if alternatives:
+            sets.append(alternatives)
+        run = frozenset({""})
 
     for op, av in _inline_groups(items):
-        chars = _literal_chars(op, av)
-        if chars is not None:
-            if len(run) * len(chars) > _AC_MAX_ALTERNATIVES:
+        options = _exact_item(op, av)
+        if options is not None:
+            merged = _product(run, options)
+            if merged is None:
                 flush()
-            run = [prefix + ch for prefix in run for ch in chars]
+                merged = options
+            run = merged
             continue
         flush()
         name = _name(op)
         if name == "BRANCH":
-            branches = [_required(_items(b)) for b in av[1]]
+            branches = [_best(_required_sets(_items(b))) for b in av[1]]
             if all(branch is not None for branch in branches):
-                union: set[str] = set()
-                for branch in branches:
-                    union |= branch or set()
-                best = _better(best, frozenset(union))
+                sets.append(frozenset().union(*(b for b in branches if b is not None)))
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and av[0] >= 1:
-            best = _better(best, _required(_items(av[2])))
+            sets.extend(_required_sets(_items(av[2])))
     flush()
-    return best
+    return sets
 
 
-def _weight(literal: str) -> int:
-    """How selective a literal is: non-ASCII characters count double."""
-    return sum(1 if ch.isascii() else 2 for ch in literal)
+def _start_literals(items: Sequence[tuple[Any, Any]]) -> tuple[str, ...]:
+    """Literals one of which every match *starts* with, as the keyword view spells them.
+
+    Empty unless the pattern opens with a small finite set of selective
+    literals that folding leaves intact (the engine then tries the regex only at
+    the places where the automaton saw one of them).
+    """
+    run: frozenset[str] = frozenset({""})
+    for op, av in _inline_groups(items):
+        options = _exact_item(op, av)
+        merged = _product(run, options) if options is not None else None
+        if merged is None:
+            break
+        run = merged
+    prefixes = set()
+    for raw in run:
+        literal = _SPACES_RE.sub(" ", raw).casefold()
+        pieces = stable_pieces(literal)
+        if not pieces or not literal.startswith(pieces[0]) or literal[0] == " ":
+            return ()
+        prefixes.add(pieces[0])
+    kept: list[str] = []
+    for literal in sorted(prefixes, key=len):
+        if not any(literal.startswith(prefix) for prefix in kept):
+            kept.append(literal)
+    if len(kept) > _AC_MAX_ALTERNATIVES or not all(map(_selective, kept)):
+        return ()
+    return tuple(sorted(kept))
 
 
-def gate_for(literals: frozenset[str] | None) -> Gate:
-    if not literals:
-        return Gate("always")
-    ordered = tuple(sorted(literals))
-    selective = min(map(_weight, literals)) >= _AC_MIN_LITERAL
-    if selective and len(literals) <= _AC_MAX_ALTERNATIVES:
-        return Gate("ac", ordered)
-    if len(literals) <= _SUBSTRING_MAX_ALTERNATIVES:
-        return Gate("substring", ordered)
-    return Gate("always")
+def gate_for(sets: Sequence[frozenset[str]], starts: tuple[str, ...] = ()) -> Gate:
+    """Selective sets go to the automaton; a few others become substring checks."""
+    unique = list(dict.fromkeys(sets))
+    strong = [
+        s for s in unique if _strength(s)[0] >= _AC_MIN_LITERAL and len(s) <= _AC_MAX_ALTERNATIVES
+    ]
+    strong.sort(key=_strength, reverse=True)
+    weak = [s for s in unique if s not in strong and len(s) <= _SUBSTRING_MAX_ALTERNATIVES]
+    weak.sort(key=_strength, reverse=True)
+    checks = tuple(tuple(sorted(s)) for s in weak[:_MAX_CHECKS])
+    if strong:
+        return Gate("ac", tuple(tuple(sorted(s)) for s in strong[:_MAX_GATE_SETS]), starts, checks)
+    return Gate("substring" if checks else "always", (), (), checks)
 
 
 def analyse(source: str) -> RegexInfo:
     tree = parse(source)
     if tree is None:
-        return RegexInfo(Gate("always"), None, (), None)
+        return RegexInfo(Gate("always"), None, (), None, None)
     icase = bool(tree.state.flags & _IGNORECASE)
     problems: list[str] = []
     _hazards(_items(tree), icase, problems)
-    low, _ = tree.getwidth()
+    low, high = tree.getwidth()
+    items = _items(tree)
+    gate = gate_for(_required_sets(items), _start_literals(items))
+    run = _required_run(items, icase)
+    if run is not None:
+        gate = Gate(gate.kind, gate.sets, gate.starts, gate.checks, run[0], run[1])
     return RegexInfo(
-        gate_for(_required(_items(tree))),
+        gate,
         int(low),
         tuple(dict.fromkeys(problems)),
-        _largest_repeat(_items(tree)),
+        _largest_repeat(items),
+        int(high) if high < _MAXREPEAT else None,
     )
+
+
+def _ascii_only_class(op: Any, av: Any) -> bool:
+    name = _name(op)
+    if name == "LITERAL":
+        return bool(av < 128)
+    if name == "IN":
+        return all(
+            (_name(o) == "LITERAL" and a < 128) or (_name(o) == "RANGE" and a[1] < 128)
+            for o, a in av
+        )
+    return False
+
+
+def _required_run(items: Sequence[tuple[Any, Any]], icase: bool) -> tuple[bytes, int] | None:
+    """A byte class and length such that every match holds that many class bytes in a row.
+
+    Taken from the longest repeat of one character class the pattern requires
+    (for example ``[A-Za-z0-9/+]{40}``). Bytes of non-ASCII characters count as
+    in the class unless the class is pure ASCII, so the test over UTF-8 bytes
+    never rejects a text the regex could match.
+    """
+    best: tuple[bytes, int] | None = None
+    for op, av in _inline_groups(items):
+        if _name(op) not in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            continue
+        low, body = av[0], _items(av[2])
+        if low < 1 or len(body) != 1 or (best is not None and low <= best[1]):
+            continue
+        cop, cav = body[0]
+        if _name(cop) not in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+            continue
+        low_half = bytes(
+            ord("x") if _char_matches(cop, cav, chr(b), icase) else ord(" ") for b in range(128)
+        )
+        if low < _MIN_RUN_GATE and b"x" in low_half:
+            continue  # a short run of ASCII characters is too common to be worth a test
+        high = ord("x") if not _ascii_only_class(cop, cav) else ord(" ")
+        best = (low_half + bytes([high] * 128), low)
+    return best
 
 
 def _largest_repeat(items: Sequence[tuple[Any, Any]]) -> int:
