@@ -246,6 +246,7 @@ class _Evaluation:
         self.fields = fields
         self.cache: dict[int, list[Hit] | None] = {}
         self.timeout = program.options.regex_timeout
+        self.selected: dict[int, list[tuple[int, _Field]]] = {}
 
     def node(self, node: Node) -> list[Hit] | None:
         if isinstance(node, AnyOf):
@@ -281,7 +282,11 @@ class _Evaluation:
 
     def _selected(self, leaf: Node) -> list[tuple[int, _Field]]:
         mask = self.program.leaf_masks[id(leaf)]
-        return [(i, f) for i, f in enumerate(self.fields) if f.mask & mask]
+        selected = self.selected.get(mask)
+        if selected is None:
+            selected = [(i, f) for i, f in enumerate(self.fields) if f.mask & mask]
+            self.selected[mask] = selected
+        return selected
 
     def _keywords(self, leaf: KeywordLeaf) -> list[Hit] | None:
         keyword_id = self.program.keyword_ids[id(leaf)]

@@ -66,6 +66,13 @@ class KeywordScan:
     literal_ends: dict[str, list[int]]  # gate literal -> last index of each occurrence
 
 
+def _seen(literal: str, text: str, memo: dict[str, bool]) -> bool:
+    found = memo.get(literal)
+    if found is None:
+        found = memo[literal] = literal in text
+    return found
+
+
 def hyperscan_available() -> bool:
     return _hs is not None
 
@@ -254,12 +261,12 @@ class Matcher:
             out |= self.hyperscan_candidates(view.text for view in source.regex_views)
         out.update(unconditional)
         kw_text = source.kw.text
+        present: dict[str, bool] = {}
         for pattern_id in [pid for pid in out if pid in self.checks]:
-            if not all(
-                any(literal in kw_text for literal in alternatives)
-                for alternatives in self.checks[pattern_id]
-            ):
-                out.discard(pattern_id)
+            for alternatives in self.checks[pattern_id]:
+                if not any(_seen(literal, kw_text, present) for literal in alternatives):
+                    out.discard(pattern_id)
+                    break
         gated_runs = [pid for pid in out if pid in self.run_gates]
         if gated_runs:
             out.difference_update(self._failed_runs(source, gated_runs))

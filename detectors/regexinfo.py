@@ -36,6 +36,8 @@ _LARGE_REPEAT = 8  # an outer repeat allowing more iterations counts as unbounde
 _AC_MIN_LITERAL = 3
 _AC_MAX_ALTERNATIVES = 1024
 _MIN_RUN_GATE = 12  # a required run of at least this many class characters is checked
+_NARROW_CLASS = 22  # ASCII members of a class as narrow as hex digits
+_MIN_NARROW_RUN = 3  # a run this long of a narrow class is already worth a test
 _SUBSTRING_MAX_ALTERNATIVES = 16
 _MAX_GATE_SETS = 16
 _MAX_CHECKS = 3
@@ -556,8 +558,9 @@ def _required_run(items: Sequence[tuple[Any, Any]], icase: bool) -> tuple[bytes,
         low_half = bytes(
             ord("x") if _char_matches(cop, cav, chr(b), icase) else ord(" ") for b in range(128)
         )
-        if low < _MIN_RUN_GATE and b"x" in low_half:
-            continue  # a short run of ASCII characters is too common to be worth a test
+        narrow = low_half.count(b"x") <= _NARROW_CLASS  # digits, hex digits and the like
+        if low < (_MIN_NARROW_RUN if narrow else _MIN_RUN_GATE) and b"x" in low_half:
+            continue  # a short run of common ASCII characters is not worth a test
         high = ord("x") if not _ascii_only_class(cop, cav) else ord(" ")
         best = (low_half + bytes([high] * 128), low)
     return best
