@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
 from pipeline import cli_rules
+from pipeline.lines import read_lines
 from pipeline.settings import SEVERITIES, Settings, SettingsError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,19 +33,6 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     if getattr(args, "broker", None):
         overrides["broker"] = args.broker
     return Settings.from_env(**overrides)
-
-
-def _read_lines(source: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without line break) of a file or ``-`` (stdin); skips blank lines."""
-    stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
-    try:
-        for number, line in enumerate(stream, start=1):
-            stripped = line.rstrip(b"\r\n")
-            if stripped.strip():
-                yield number, stripped
-    finally:
-        if source != "-":
-            stream.close()
 
 
 # -- worker, up, demo ---------------------------------------------------------------------
@@ -91,7 +79,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     def valid_events() -> Iterator[tuple[bytes | None, bytes]]:
         nonlocal rejected
-        for number, raw in _read_lines(args.file):
+        for number, raw in read_lines(args.file):
             try:
                 event = decode_event(raw, max_bytes=settings.max_event_bytes)
             except EventError as exc:
@@ -113,7 +101,7 @@ def cmd_users_load(args: argparse.Namespace, settings: Settings) -> int:
 
     def valid_users() -> Iterator[tuple[bytes | None, bytes]]:
         nonlocal rejected
-        for number, raw in _read_lines(args.file):
+        for number, raw in read_lines(args.file):
             try:
                 record = validate_user(orjson.loads(raw))
             except (orjson.JSONDecodeError, UserRecordError) as exc:

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -20,6 +20,7 @@ import orjson
 
 from detectors import Engine, RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
+from pipeline.lines import read_lines
 from pipeline.settings import Settings
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
@@ -76,18 +77,6 @@ def test(
     return EXIT_PROBLEMS if failures else EXIT_OK
 
 
-def _lines(source: str) -> Iterator[tuple[int, bytes]]:
-    stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
-    try:
-        for number, line in enumerate(stream, start=1):
-            raw = line.rstrip(b"\r\n")
-            if raw.strip():
-                yield number, raw
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-
-
 def scan(
     *,
     source: str,
@@ -107,7 +96,7 @@ def scan(
     started = last_report = time.perf_counter()
     output: BinaryIO = sys.stdout.buffer if destination == "-" else open(destination, "wb")  # noqa: SIM115
     try:
-        for number, raw in _lines(source):
+        for number, raw in read_lines(source):
             size += len(raw)
             try:
                 event = decode_event(raw, max_bytes=settings.max_event_bytes)
