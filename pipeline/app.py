@@ -30,7 +30,8 @@ from typing import Any
 import faust
 
 from detectors import Engine, RuleSetError, load_rules
-from pipeline.archive import ArchiveStore, RawRecord
+from pipeline.archive import ArchiveWriter as ArchiveStore  # local dir or S3: see open_store
+from pipeline.archive import RawRecord, open_store
 from pipeline.kafka import ensure_topics
 from pipeline.process import Decoded, Incoming, decode_batch, detect_batch
 from pipeline.settings import Settings
@@ -154,7 +155,7 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
     )
     users = UserDirectory()
     users_ready = asyncio.Event()
-    store = ArchiveStore(settings.archive_dir, fsync=settings.archive_fsync)
+    store = open_store(settings)
 
     @app.agent(events, name="pipeline")
     async def pipeline(stream: Any) -> AsyncIterator[None]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import cli_rules
+from pipeline import cli_archive, cli_rules
 from pipeline.lines import read_lines
 from pipeline.settings import SEVERITIES, Settings, SettingsError
 
@@ -158,22 +158,6 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-# -- archive ------------------------------------------------------------------------------
-
-def cmd_archive_cat(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.archive import iter_archive  # noqa: PLC0415
-
-    out = sys.stdout.buffer
-    count = 0
-    for record in iter_archive(settings.archive_dir):
-        out.write(record.value)
-        out.write(b"\n")
-        count += 1
-    out.flush()
-    print(f"{count} archived events", file=sys.stderr)
-    return EXIT_OK
-
-
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for env, value, doc in settings.describe():
         shown = "****" if "KEY" in env or "SALT" in env else value
@@ -240,14 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --follow: stop after this many seconds; without: stop after "
                         "this many seconds with no new alert (default 2)")
 
-    archive = sub.add_parser("archive", help="The raw-event archive.").add_subparsers(
-        dest="archive_command", required=True, metavar="COMMAND")
-    cat = add("cat", cmd_archive_cat, "Print every archived raw event, byte for byte, one a line.",
-              archive)
-    data_dir_option(cat)
-
     add("settings", cmd_settings, "Show every setting, its environment variable and value.")
     cli_rules.register(sub)
+    cli_archive.register(sub)
     return parser
 
 

@@ -163,6 +163,49 @@ class Settings:
     archive_fsync: bool = _setting(
         "LLMTRAIL_ARCHIVE_FSYNC", True, "fsync archive segments before acknowledging (keep on)."
     )
+    archive_backend: str = _setting(
+        "LLMTRAIL_ARCHIVE_BACKEND", "local",
+        "Where the archive lives: local (<data dir>/archive) or s3 (the bucket below).",
+    )
+    archive_s3_bucket: str = _setting(
+        "LLMTRAIL_ARCHIVE_S3_BUCKET", "", "S3 bucket of the archive (backend s3)."
+    )
+    archive_s3_prefix: str = _setting(
+        "LLMTRAIL_ARCHIVE_S3_PREFIX", "llmtrail/archive", "Key prefix of the archive in the bucket."
+    )
+    archive_s3_endpoint: str = _setting(
+        "LLMTRAIL_ARCHIVE_S3_ENDPOINT", "",
+        "S3-compatible endpoint URL (empty: AWS); e.g. http://127.0.0.1:9000.",
+    )
+    archive_s3_region: str = _setting(
+        "LLMTRAIL_ARCHIVE_S3_REGION", "us-east-1", "Region of the archive bucket."
+    )
+    archive_s3_access_key_id: Secret = _setting(
+        "LLMTRAIL_ARCHIVE_S3_ACCESS_KEY_ID", Secret(""),
+        "S3 access key id (empty: the default AWS credential chain).",
+    )
+    archive_s3_secret_access_key: Secret = _setting(
+        "LLMTRAIL_ARCHIVE_S3_SECRET_ACCESS_KEY", Secret(""), "S3 secret access key."
+    )
+    archive_key: Secret = _setting(
+        "LLMTRAIL_ARCHIVE_KEY", Secret(""),
+        "Master key (32 bytes, base64) that turns on AES-256-GCM encryption at rest.",
+    )
+    archive_key_file: str = _setting(
+        "LLMTRAIL_ARCHIVE_KEY_FILE", "", "File holding the master key (instead of ARCHIVE_KEY)."
+    )
+    archive_signing_key: Secret = _setting(
+        "LLMTRAIL_ARCHIVE_SIGNING_KEY", Secret(""),
+        "HMAC-SHA256 key that signs manifests (verify checks signatures when set).",
+    )
+    archive_retention: str = _setting(
+        "LLMTRAIL_ARCHIVE_RETENTION", "",
+        "Days to keep, for archive prune: 90, or per topic: llm.events=90,*=365 (empty: forever).",
+    )
+    archive_legal_hold_file: str = _setting(
+        "LLMTRAIL_ARCHIVE_LEGAL_HOLD_FILE", "",
+        "File of trace:<id> / user:<id> lines whose events prune never deletes.",
+    )
     http_host: str = _setting("LLMTRAIL_HTTP_HOST", "127.0.0.1", "HTTP ingest bind address.")
     http_port: int = _setting("LLMTRAIL_HTTP_PORT", 8787, "HTTP ingest port (0 disables).")
     api_keys: tuple[Secret, ...] = _setting(

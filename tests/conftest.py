@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings
+from tests.s3_helpers import any_settings, backend_name, s3_bucket, s3_endpoint  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ A segment is a sequence of blocks, each a 40-byte header followed by its payload
     0      4     magic b"LTAB"
     4      1     format version (1)
     5      1     kind: 1 = records, 2 = seal (the last block of a sealed segment)
-    6      1     codec: 0 = none, 1 = zstd (the payload is one zstd frame)
+    6      1     codec: 0 = none, 1 = zstd (the payload is one zstd frame),
+                       2 = zstd then AES-256-GCM (see :mod:`.crypto`)
     7      1     reserved (0)
     8      4     payload length in bytes
     12     4     record count (0 in a seal block)
@@ -35,7 +36,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ KIND_RECORDS = 1
 KIND_SEAL = 2
 CODEC_NONE = 0
 CODEC_ZSTD = 1
+CODEC_ZSTD_AESGCM = 2
+RECORD_CODECS = (CODEC_ZSTD, CODEC_ZSTD_AESGCM)
 
 _HEADER = struct.Struct("<4sBBBBIIqqI")
 _CRC = struct.Struct("<I")
@@ -114,7 +117,7 @@ class SegmentMeta:
         return orjson.dumps(body)
 
     @classmethod
-    def from_json(cls, raw: bytes, path: Path, pos: int) -> SegmentMeta:
+    def from_json(cls, raw: bytes, path: Path | str, pos: int) -> SegmentMeta:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -166,14 +169,26 @@ DecodedRecord = tuple[int, int, bytes | None, bytes, str | None]
 """(offset, timestamp_ms, key, value, event_id); the partition is the segment's."""
 
 
-def decode_records(block: Block, partition: int, path: Path,
-                   dctx: zstandard.ZstdDecompressor) -> list[DecodedRecord]:
-    """The records of a verified records block; any inconsistency is a CorruptSegmentError."""
+Decrypt = Callable[[BlockHeader, bytes], bytes]
+"""Opens an encrypted records payload (header, payload) -> the zstd frame."""
+
+
+def decode_records(block: Block, partition: int, path: Path | str,
+                   dctx: zstandard.ZstdDecompressor,
+                   decrypt: Decrypt | None = None) -> list[DecodedRecord]:
+    """The records of a verified records block; any inconsistency is a CorruptSegmentError.
+    An encrypted block needs ``decrypt`` (else :class:`CorruptSegmentError` says so)."""
     header, pos = block.header, block.pos
     if block.payload is None:
         raise ValueError("decode_records needs a scan that read the payload")
+    frame = block.payload
+    if header.codec == CODEC_ZSTD_AESGCM:
+        if decrypt is None:
+            raise CorruptSegmentError(path, pos, "the block is encrypted: set LLMTRAIL_ARCHIVE_KEY "
+                                      "or LLMTRAIL_ARCHIVE_KEY_FILE to read it")
+        frame = decrypt(header, frame)
     try:
-        data = dctx.decompress(block.payload)
+        data = dctx.decompress(frame)
     except zstandard.ZstdError as exc:
         raise CorruptSegmentError(path, pos, f"zstd frame does not decompress: {exc}") from exc
 
@@ -240,14 +255,14 @@ def _unpack_header(raw: bytes) -> tuple[Any, ...] | str:
     return _HEADER.unpack_from(raw)
 
 
-def _checked_header(fields_: tuple[Any, ...], path: Path, pos: int) -> BlockHeader:
+def _checked_header(fields_: tuple[Any, ...], path: Path | str, pos: int) -> BlockHeader:
     _, version, kind, codec, _, payload_len, count, first, last, payload_crc = fields_
     if version != FORMAT_VERSION:
         raise CorruptSegmentError(
             path, pos, f"block format version {version} is not supported (this llmtrail reads "
             f"version {FORMAT_VERSION}); read it with the llmtrail release that wrote it")
     if kind == KIND_RECORDS:
-        if codec != CODEC_ZSTD or count < 1 or not 0 <= first <= last:
+        if codec not in RECORD_CODECS or count < 1 or not 0 <= first <= last:
             raise CorruptSegmentError(path, pos, f"records block header is inconsistent: codec "
                                       f"{codec}, {count} records, offsets {first}..{last}")
     elif kind == KIND_SEAL:
@@ -270,12 +285,24 @@ class BlockScan:
     (until one verifies), enough to find a torn tail and the last offset.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
-        self._fd = fd
+    def __init__(self, fd: int, path: Path | str) -> None:
+        self._read: Callable[[int, int], bytes] = lambda size, pos: pread_exact(fd, size, pos)
         self.path = path
         self.size = os.fstat(fd).st_size
         self.torn: TornTail | None = None
         self.sealed: Block | None = None
+
+    @classmethod
+    def of_bytes(cls, data: bytes, path: Path | str) -> BlockScan:
+        """A scan of a segment held in memory (an object read from a backend)."""
+        scan = cls.__new__(cls)
+        view = memoryview(data)
+        scan._read = lambda size, pos: bytes(view[pos: pos + size])
+        scan.path = path
+        scan.size = len(data)
+        scan.torn = None
+        scan.sealed = None
+        return scan
 
     def __iter__(self) -> Iterator[Block]:
         for block in self._headers():
@@ -300,7 +327,7 @@ class BlockScan:
     def _headers(self) -> Iterator[Block]:
         pos, size, path = 0, self.size, self.path
         while pos < size:
-            raw = pread_exact(self._fd, HEADER_SIZE, pos)
+            raw = self._read(HEADER_SIZE, pos)
             if len(raw) < HEADER_SIZE:
                 self.torn = TornTail(pos, f"incomplete block header ({len(raw)} of "
                                           f"{HEADER_SIZE} bytes)")
@@ -321,7 +348,7 @@ class BlockScan:
 
     def _payload(self, block: Block) -> bytes | None:
         """The block's verified payload; None when the block turned out to be a torn tail."""
-        payload = pread_exact(self._fd, block.header.payload_len, block.pos + HEADER_SIZE)
+        payload = self._read(block.header.payload_len, block.pos + HEADER_SIZE)
         if len(payload) < block.header.payload_len:  # the file shrank while we read it
             self.torn = TornTail(block.pos, "incomplete block (the file shrank while reading)")
             return None
@@ -347,7 +374,7 @@ class BlockScan:
         self.torn = TornTail(pos, reason)
 
     def _valid_block_after(self, pos: int) -> int | None:
-        rest = pread_exact(self._fd, self.size - pos - 1, pos + 1)
+        rest = self._read(self.size - pos - 1, pos + 1)
         at = rest.find(MAGIC)
         while at >= 0:
             raw = rest[at: at + HEADER_SIZE]

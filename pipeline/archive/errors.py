@@ -12,7 +12,7 @@ class ArchiveError(Exception):
 class CorruptSegmentError(ArchiveError):
     """A segment holds bytes that are not a valid block and are not a torn trailing write."""
 
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
+    def __init__(self, path: Path | str, offset: int, reason: str) -> None:
         super().__init__(path, offset, reason)
         self.path = path
         self.offset = offset

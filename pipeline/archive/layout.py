@@ -68,6 +68,33 @@ class SegmentId:
     def path(self, root: Path) -> Path:
         return root / self.topic / self.hour_dir / self.name
 
+    def overlaps(self, from_ms: int | None, to_ms: int | None) -> bool:
+        """Whether the segment's hour overlaps [from_ms, to_ms) (None: unbounded)."""
+        start = self.hour * MS_PER_HOUR
+        return (from_ms is None or start + MS_PER_HOUR > from_ms) and (
+            to_ms is None or start < to_ms)
+
+
+def parse_segment_key(key: str) -> SegmentId | None:
+    """The segment a key names (``<topic>/dt=…/hour=…/p<N>-<offset>.seg``), else None."""
+    parts = key.split("/")
+    if len(parts) != 4 or not is_valid_topic(parts[0]):
+        return None
+    hour = _parse_hour(parts[1], parts[2])
+    match = _SEGMENT_RE.fullmatch(parts[3])
+    if hour is None or match is None:
+        return None
+    return SegmentId(hour, parts[0], int(match[1]), int(match[2]))
+
+
+def segment_ids(keys: list[str], topic: str | None = None) -> list[SegmentId]:
+    """The segments among ``keys`` (of one topic if given), in reading order."""
+    if topic is not None:
+        check_topic(topic)
+    found = [sid for sid in map(parse_segment_key, keys)
+             if sid is not None and (topic is None or sid.topic == topic)]
+    return sorted(found)
+
 
 def lock_path(root: Path, topic: str, partition: int) -> Path:
     return root / topic / LOCK_DIR / f"p{partition}.lock"

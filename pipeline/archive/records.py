@@ -26,7 +26,8 @@ class RawRecord:
 class ArchivedRecord(RawRecord):
     """A record read back from the archive, with where it is stored."""
 
-    segment: Path
+    segment: Path | str
+    """The segment's file, or its URL in object storage."""
     block_pos: int
     """Byte offset of the block holding the record inside ``segment``."""
 

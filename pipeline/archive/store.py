@@ -33,9 +33,11 @@ from types import TracebackType
 import zstandard
 
 from pipeline.archive._fs import FILE_MODE, PartitionLock, fsync_dir, makedirs, write_all
+from pipeline.archive.backend import LocalBackend
 from pipeline.archive.blocks import (
     CODEC_NONE,
     CODEC_ZSTD,
+    CODEC_ZSTD_AESGCM,
     KIND_RECORDS,
     KIND_SEAL,
     MAX_I32,
@@ -46,6 +48,8 @@ from pipeline.archive.blocks import (
     encode_block,
     encode_records,
 )
+from pipeline.archive.chain import Chain, ChainConflictError, Entry, segment_fields
+from pipeline.archive.crypto import KeyRing, block_aad, day_key_id
 from pipeline.archive.errors import ArchiveClosedError, CorruptSegmentError
 from pipeline.archive.layout import (
     MAX_TIMESTAMP_MS,
@@ -56,7 +60,9 @@ from pipeline.archive.layout import (
     list_segments,
     lock_path,
 )
+from pipeline.archive.reader import segment_decrypter
 from pipeline.archive.records import AppendResult, RawRecord
+from pipeline.archive.traceindex import trace_ids
 
 log = logging.getLogger("llmtrail.archive")
 
@@ -87,8 +93,12 @@ class _OpenSegment:
     max_timestamp_ms: int = MIN_TIMESTAMP_MS
     fd: int | None = None
     sealed: bool = False
+    traces: set[str] = field(default_factory=set)
 
-    def note(self, last_offset: int, timestamps: Sequence[int], blocks: int) -> None:
+    def note(self, last_offset: int, timestamps: Sequence[int], blocks: int,
+             values: Sequence[bytes]) -> None:
+        for value in values:
+            self.traces |= trace_ids(value)
         self.last_offset = last_offset
         self.record_count += len(timestamps)
         self.block_count += blocks
@@ -123,6 +133,9 @@ class _Partition:
     loaded: bool = False
     """``open`` (and its event-id digests) reflect the disk: the partition can take appends."""
     open: _OpenSegment | None = None
+    chain_head: Entry | None = None
+    unchained: list[_OpenSegment] = field(default_factory=list)
+    """Sealed, durable segments whose manifest is not in the chain yet (oldest first)."""
 
     def drop(self) -> None:
         """Forget the loaded state (it is reloaded from disk by the next append)."""
@@ -138,6 +151,7 @@ class _Change:
 
     touched: dict[int, tuple[_OpenSegment, int, bool]] = field(default_factory=dict)
     dirs: set[Path] = field(default_factory=set)
+    sealed: list[_OpenSegment] = field(default_factory=list)
 
     def touch(self, seg: _OpenSegment, *, created: bool = False) -> None:
         self.touched.setdefault(id(seg), (seg, seg.size, created))
@@ -159,7 +173,8 @@ class ArchiveStore:
     """
 
     def __init__(self, root: Path, *, segment_max_bytes: int = 64 * 2**20, fsync: bool = True,
-                 lock_timeout: float = 30.0) -> None:
+                 lock_timeout: float = 30.0, master_key: bytes | None = None,
+                 signing_key: bytes | None = None) -> None:
         if segment_max_bytes < 1:
             raise ValueError(f"segment_max_bytes must be positive, got {segment_max_bytes}")
         self._root = Path(root)
@@ -174,6 +189,9 @@ class ArchiveStore:
         self._topics_ok: set[str] = set()
         self._mutex = threading.Lock()
         self._closed = False
+        backend = LocalBackend(self._root, fsync=fsync)
+        self._chain = Chain(backend, signing_key)
+        self._keys = KeyRing(backend, master_key) if master_key else None
         self._recover_all()
 
     # -- public API ---------------------------------------------------------------------------
@@ -191,7 +209,7 @@ class ArchiveStore:
         with self._mutex:
             if self._closed:
                 raise ArchiveClosedError(f"archive store at {self._root} is closed")
-            groups = self._validated_groups(records)
+            groups = validated_groups(records, self._topics_ok)
             written = redelivered = retried = 0
             for (topic, partition), group in groups.items():
                 w, r, e = self._append_partition(self._partition(topic, partition), group)
@@ -234,23 +252,6 @@ class ArchiveStore:
 
     # -- validation ---------------------------------------------------------------------------
 
-    def _validated_groups(
-            self, records: Sequence[RawRecord]) -> dict[tuple[str, int], list[RawRecord]]:
-        """Records grouped by partition, in order; a record that cannot be stored raises before
-        anything is written."""
-        groups: dict[tuple[str, int], list[RawRecord]] = {}
-        for r in records:
-            if not isinstance(r, RawRecord):
-                raise TypeError(f"expected RawRecord, got {type(r).__name__}")
-            if r.topic not in self._topics_ok:
-                check_topic(r.topic)
-                self._topics_ok.add(r.topic)
-            problem = _record_problem(r)
-            if problem:
-                raise ValueError(f"cannot archive {r.topic}[{r.partition}]@{r.offset}: {problem}")
-            groups.setdefault((r.topic, r.partition), []).append(r)
-        return groups
-
     # -- one partition ------------------------------------------------------------------------
 
     def _partition(self, topic: str, partition: int) -> _Partition:
@@ -266,15 +267,21 @@ class ArchiveStore:
         part.lock.acquire(self._lock_timeout)
         change = _Change()
         try:
-            self._load(part)
-            counts = self._write(part, records, change)
-            if change.touched:
-                self._make_durable(change)
-                self._stamp(part)
+            try:
+                self._load(part)
+                self._chain_pending(part)
+                counts = self._write(part, records, change)
+                if change.touched:
+                    self._make_durable(change)
+                    self._stamp(part)
+            except BaseException as exc:
+                self._roll_back(part, change, exc)
+                raise
+            # Durable: a failure to chain from here on is retried by the next append (or at
+            # start-up), never by rolling back data that is already safe.
+            part.unchained += change.sealed
+            self._chain_pending(part)
             return counts
-        except BaseException as exc:
-            self._roll_back(part, change, exc)
-            raise
         finally:
             part.lock.release()
 
@@ -319,8 +326,14 @@ class ArchiveStore:
     def _write_block(self, part: _Partition, seg: _OpenSegment | None, run: list[RawRecord],
                      digests: set[bytes], change: _Change) -> _OpenSegment | None:
         payload = self._cctx.compress(encode_records(run))
-        block = encode_block(KIND_RECORDS, CODEC_ZSTD, payload, count=len(run),
-                             first_offset=run[0].offset, last_offset=run[-1].offset)
+        first, last = run[0].offset, run[-1].offset
+        codec = CODEC_ZSTD
+        if self._keys is not None:
+            codec = CODEC_ZSTD_AESGCM
+            payload = self._keys.encrypt(day_key_id(run[0].timestamp_ms // MS_PER_HOUR), payload,
+                                         block_aad(part.topic, part.partition, first, last))
+        block = encode_block(KIND_RECORDS, codec, payload, count=len(run),
+                             first_offset=first, last_offset=last)
         if seg is None:
             seg = self._create(SegmentId(run[0].timestamp_ms // MS_PER_HOUR, part.topic,
                                          part.partition, run[0].offset), digests, change)
@@ -329,7 +342,7 @@ class ArchiveStore:
             change.touch(seg)
         write_all(self._fd(seg), block)
         seg.size += len(block)
-        seg.note(run[-1].offset, [r.timestamp_ms for r in run], 1)
+        seg.note(run[-1].offset, [r.timestamp_ms for r in run], 1, [r.value for r in run])
         if seg.size >= self._max:
             self._seal(part, seg, change)
             return None
@@ -353,23 +366,79 @@ class ArchiveStore:
         write_all(self._fd(seg), block)
         seg.size += len(block)
         seg.sealed = True
+        change.sealed.append(seg)
         if part.open is seg:
             part.open = None
 
     def _seal_on_close(self, part: _Partition) -> None:
         part.lock.acquire(self._lock_timeout)
-        change = _Change()
         try:
-            if part.open is None or part.lock.read_token() != part.seen_token:
+            if part.lock.read_token() != part.seen_token:
                 return  # another store appended since: the open segment is its business now
-            self._seal(part, part.open, change)
-            self._make_durable(change)
-            self._stamp(part)
-        except BaseException as exc:
-            self._roll_back(part, change, exc)
-            raise
+            self._seal_open(part)
         finally:
             part.lock.release()
+
+    def _seal_open(self, part: _Partition) -> None:
+        """Seal the open segment (if any) and chain every sealed segment; under the lock."""
+        change = _Change()
+        if part.open is not None:
+            try:
+                self._seal(part, part.open, change)
+                self._make_durable(change)
+                self._stamp(part)
+            except BaseException as exc:
+                self._roll_back(part, change, exc)
+                raise
+        part.unchained += change.sealed
+        self._chain_pending(part)
+
+    def seal_all(self) -> int:
+        """Seal every partition's open segment, whoever wrote it, and chain them (what erasure
+        needs before it rewrites segments). A worker appending to one of them notices and starts
+        a new segment. Returns the number of segments sealed."""
+        with self._mutex:
+            if self._closed:
+                raise ArchiveClosedError(f"archive store at {self._root} is closed")
+            sealed = 0
+            for part in list(self._parts.values()):
+                part.lock.acquire(self._lock_timeout)
+                try:
+                    self._load(part)
+                    sealed += part.open is not None
+                    self._seal_open(part)
+                finally:
+                    part.lock.release()
+            return sealed
+
+    def _chain_pending(self, part: _Partition) -> None:
+        """Add the manifests of sealed segments not yet in the partition's chain, in order."""
+        while part.unchained:
+            seg = part.unchained[0]
+            data = seg.path.read_bytes()
+            fields = segment_fields(
+                key=seg.sid.relpath, data=data, count=seg.record_count,
+                first_offset=seg.sid.first_offset, last_offset=seg.last_offset,
+                min_ts_ms=seg.min_timestamp_ms, max_ts_ms=seg.max_timestamp_ms,
+                traces=seg.traces,
+                key_id=day_key_id(seg.sid.hour) if self._encrypted(data) else None)
+            for _ in range(20):
+                head = part.chain_head
+                mark = max(seg.last_offset, -1 if head is None else head.watermark)
+                entry = self._chain.try_append(part.topic, part.partition, "segment", fields,
+                                               head=head, watermark=mark)
+                if entry is not None:
+                    part.chain_head = entry
+                    break
+                part.chain_head = self._chain.head(part.topic, part.partition)  # moved: re-read
+            else:
+                raise ChainConflictError(f"{part.topic}[{part.partition}]: the manifest chain "
+                                         "kept moving while appending")
+            part.unchained.pop(0)
+
+    @staticmethod
+    def _encrypted(data: bytes) -> bool:
+        return len(data) > 6 and data[6] == CODEC_ZSTD_AESGCM  # the first block's codec
 
     def _fd(self, seg: _OpenSegment) -> int:
         if seg.fd is None:
@@ -430,11 +499,11 @@ class ArchiveStore:
             try:
                 token = part.lock.read_token()
                 tail, changed = self._recover_tail(part, sids)
-                part.watermark = -1 if tail is None else tail.last_offset
-                part.newest = None if tail is None else tail.sid
+                self._note_tail(part, tail, sids)
                 part.seen_token = token
                 if changed:
                     self._stamp(part)
+                self._chain_pending(part)  # segments a crash left sealed but not chained
             except CorruptSegmentError as exc:
                 # One damaged partition must not stop the worker (and its detection) from
                 # starting: appends to this partition re-run recovery and raise this again.
@@ -452,6 +521,7 @@ class ArchiveStore:
         part.drop()
         tail: _Tail | None = None
         changed = False
+        sids: list[SegmentId] | None = None
         if token == part.seen_token and part.newest is not None:
             tail, changed = self._recover_tail(part, [part.newest])
         if tail is None and not (token == part.seen_token and part.newest is None):
@@ -459,14 +529,32 @@ class ArchiveStore:
                     if s.partition == part.partition]
             tail, changed_too = self._recover_tail(part, sids)
             changed = changed or changed_too
-        part.watermark = -1 if tail is None else tail.last_offset
-        part.newest = None if tail is None else tail.sid
+        self._note_tail(part, tail, sids)
         if tail is not None and not tail.sealed:
             part.open = self._read_open_segment(tail.sid)
         part.loaded = True
         part.seen_token = token
         if changed:
             self._stamp(part)
+
+    def _note_tail(self, part: _Partition, tail: _Tail | None,
+                   sids: list[SegmentId] | None) -> None:
+        """Watermark, newest segment and chain head after recovery; with the partition's
+        segments listed (``sids``), also the sealed ones missing from the chain."""
+        part.chain_head = self._chain.head(part.topic, part.partition)
+        chained = -1 if part.chain_head is None else part.chain_head.watermark
+        # An erasure may have removed the newest records: the chain still remembers them.
+        part.watermark = max(chained, -1 if tail is None else tail.last_offset)
+        part.newest = None if tail is None else tail.sid
+        if sids is None:
+            return
+        waiting = {seg.sid for seg in part.unchained}
+        for sid in sorted(sids, key=lambda s: s.first_offset):
+            if sid.first_offset > chained and sid not in waiting and sid.path(
+                    self._root).exists():  # recovery may have removed an empty one
+                seg = self._read_open_segment(sid)
+                if seg.sealed:
+                    part.unchained.append(seg)
 
     def _recover_tail(self, part: _Partition, sids: list[SegmentId]) -> tuple[_Tail | None, bool]:
         """The newest of ``sids`` holding records, after truncating a torn tail and removing
@@ -509,17 +597,23 @@ class ArchiveStore:
         return None, changed
 
     def _read_open_segment(self, sid: SegmentId) -> _OpenSegment:
-        """Read the open segment in full: its event-id digests and statistics."""
+        """Read a segment in full: its event-id digests and statistics (and whether it is
+        sealed: recovery reads sealed segments a crash left out of the chain)."""
         path = sid.path(self._root)
         seg = _OpenSegment(sid, path, set())
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        decrypt = segment_decrypter(self._keys, sid, str(path))
         try:
             scan = BlockScan(fd, path)
             for block in scan:
-                records = decode_records(block, sid.partition, path, self._dctx)
+                if block.header.kind == KIND_SEAL:
+                    seg.sealed = True
+                    continue
+                records = decode_records(block, sid.partition, path, self._dctx, decrypt)
                 seg.digests.update(retry_digest(eid, value)
                                    for _, _, _, value, eid in records if eid is not None)
-                seg.note(records[-1][0], [ts for _, ts, _, _, _ in records], 1)
+                seg.note(records[-1][0], [ts for _, ts, _, _, _ in records], 1,
+                         [value for _, _, _, value, _ in records])
             if scan.torn is not None:  # recovery truncated it under the same lock: cannot be
                 raise CorruptSegmentError(path, scan.torn.pos, scan.torn.reason)
             seg.size = scan.size
@@ -534,6 +628,25 @@ class ArchiveStore:
             for part in self._parts.values():
                 part.drop()
                 part.lock.close()
+
+
+def validated_groups(records: Sequence[RawRecord], topics_ok: set[str] | None = None
+                     ) -> dict[tuple[str, int], list[RawRecord]]:
+    """Records grouped by partition, in order; a record that cannot be stored raises before
+    anything is written. ``topics_ok`` caches the topic names already checked."""
+    checked = set() if topics_ok is None else topics_ok
+    groups: dict[tuple[str, int], list[RawRecord]] = {}
+    for r in records:
+        if not isinstance(r, RawRecord):
+            raise TypeError(f"expected RawRecord, got {type(r).__name__}")
+        if r.topic not in checked:
+            check_topic(r.topic)
+            checked.add(r.topic)
+        problem = _record_problem(r)
+        if problem:
+            raise ValueError(f"cannot archive {r.topic}[{r.partition}]@{r.offset}: {problem}")
+        groups.setdefault((r.topic, r.partition), []).append(r)
+    return groups
 
 
 def _record_problem(r: RawRecord) -> str | None:

@@ -1,0 +1,180 @@
+"""archive verify: manifests, the hash chain and signatures, on the local dir and on S3.
+
+Each way of tampering with the archive is done through the backend (the file system or the S3
+API) and must be reported with the segment or entry and what is wrong, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from pipeline.archive.backend import Backend
+from pipeline.archive.chain import Chain, canonical, entry_key
+from pipeline.archive.config import open_backend
+from pipeline.archive.layout import parse_segment_key
+from pipeline.cli_archive import verify_command
+from pipeline.settings import Secret, Settings
+from tests.s3_helpers import T0, TOPIC, event, fill
+
+EVENTS = [event(i, trace=f"t-{i % 5}", minutes=i * 6) for i in range(40)]  # 4 hours
+
+
+def run_verify(settings: Settings, **window: int | None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = verify_command(settings, from_ms=window.get("from_ms"), to_ms=window.get("to_ms"),
+                          out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def segment_keys(backend: Backend, partition: int = 0) -> list[str]:
+    keys = [k for k in backend.list(f"{TOPIC}/") if parse_segment_key(k) is not None]
+    return sorted((k for k in keys if f"/p{partition}-" in k),
+                  key=lambda k: parse_segment_key(k).first_offset)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def archived(any_settings: Settings) -> tuple[Settings, Backend]:
+    fill(any_settings, EVENTS)
+    return any_settings, open_backend(any_settings)
+
+
+def test_intact_archive_is_ok_with_counts(archived: tuple[Settings, Backend]) -> None:
+    settings, _ = archived
+    code, out, _ = run_verify(settings)
+    assert code == 0
+    assert out.startswith("OK: 2 partitions, ")
+    assert "(40 events) hashed" in out
+    assert "BROKEN" not in out
+
+
+def test_time_window_hashes_only_its_segments(archived: tuple[Settings, Backend]) -> None:
+    settings, _ = archived
+    start = int(T0.timestamp() * 1000)
+    code, out, _ = run_verify(settings, from_ms=start, to_ms=start + 3_600_000)
+    assert code == 0
+    assert "(10 events) hashed" in out  # the first hour: events 0..9
+
+
+def _flip_byte(backend: Backend, key: str) -> None:
+    data = bytearray(backend.get(key))
+    data[len(data) // 2] ^= 0x01
+    backend.put(key, bytes(data))
+
+
+def _swap(backend: Backend, first: str, second: str) -> None:
+    a, b = backend.get(first), backend.get(second)
+    backend.put(first, b)
+    backend.put(second, a)
+
+
+TAMPER: list[tuple[str, Callable[[Backend, list[str]], None], list[str]]] = [
+    ("corrupt-byte", lambda b, k: _flip_byte(b, k[1]),
+     ["{1}: SHA-256 does not match its manifest (bytes altered)"]),
+    ("delete-segment", lambda b, k: b.delete(k[1]),
+     ["{1}: missing: the chain holds its manifest (5 events, offsets 5..9)"]),
+    ("swap-segments", lambda b, k: _swap(b, k[0], k[2]),
+     ["{0}: size", "it holds the bytes of segment {k2} (segments swapped or copied)",
+      "{2}: size", "it holds the bytes of segment {k0} (segments swapped or copied)"]),
+    ("truncate", lambda b, k: b.put(k[1], b.get(k[1])[:-7]),
+     ["{1}: size", "manifest says", "(truncated)"]),
+    ("insert-segment", lambda b, k: b.put(k[1].replace("-00000000000000000005",
+                                                        "-00000000000000000099"), b.get(k[1])),
+     ["p0-00000000000000000099.seg: not in any manifest chain (5 events; sealed: inserted"]),
+]
+
+
+@pytest.mark.parametrize(("how", "tamper", "expected"), TAMPER, ids=[t[0] for t in TAMPER])
+def test_tampering_with_segments_is_reported(archived: tuple[Settings, Backend], how: str,
+                                             tamper: Callable[[Backend, list[str]], None],
+                                             expected: list[str]) -> None:
+    settings, backend = archived
+    keys = segment_keys(backend)
+    assert len(keys) >= 3
+    tamper(backend, keys)
+    code, out, _ = run_verify(settings)
+    assert code == 1
+    names = [backend.describe(k) for k in keys]
+    for line in expected:
+        text = line.format(*names, k0=keys[0], k2=keys[2])
+        assert f"BROKEN {text}" in out or text in out, f"{text!r} not in:\n{out}"
+    assert "FAILED: " in out and "OK:" not in out
+
+
+def _entry(backend: Backend, seq: int) -> str:
+    return entry_key(TOPIC, 0, seq)
+
+
+def _rewrite_entry(backend: Backend, seq: int, **changes: object) -> None:
+    key = _entry(backend, seq)
+    body = orjson.loads(backend.get(key))
+    body.update(changes)
+    backend.put(key, canonical(body))
+
+
+CHAIN_TAMPER: list[tuple[str, Callable[[Backend], None], str]] = [
+    ("delete-entry", lambda b: b.delete(_entry(b, 1)),
+     "chain entry 1 of llm.events[0] is missing (deleted?)"),
+    ("alter-entry", lambda b: _rewrite_entry(b, 1, count=4),
+     "broken link: prev hash"),
+    ("swap-entries", lambda b: _swap(b, _entry(b, 1), _entry(b, 2)),
+     "entry says llm.events[0] seq 2: moved from another place"),
+    ("unreadable-entry", lambda b: b.put(_entry(b, 2), b"{not json"),
+     "chain entry 2 of llm.events[0] is unreadable: not JSON"),
+]
+
+
+@pytest.mark.parametrize(("how", "tamper", "expected"), CHAIN_TAMPER,
+                         ids=[t[0] for t in CHAIN_TAMPER])
+def test_tampering_with_the_chain_is_reported(archived: tuple[Settings, Backend], how: str,
+                                              tamper: Callable[[Backend], None],
+                                              expected: str) -> None:
+    settings, backend = archived
+    tamper(backend)
+    code, out, _ = run_verify(settings)
+    assert code == 1
+    assert expected in out, out
+
+
+def test_segments_out_of_order_in_the_chain(archived: tuple[Settings, Backend]) -> None:
+    settings, backend = archived
+    signer = Chain(backend)
+    head = signer.head(TOPIC, 0)
+    assert head is not None
+    first = orjson.loads(backend.get(_entry(backend, 0)))
+    fields = {k: v for k, v in first.items()
+              if k not in {"format", "kind", "topic", "partition", "seq", "prev", "watermark",
+                           "at"}}
+    signer.try_append(TOPIC, 0, "segment", fields, head=head, watermark=head.watermark)
+    code, out, _ = run_verify(settings)
+    assert code == 1
+    assert "starts at offset 0, not after 19 (segments out of order)" in out
+
+
+@pytest.mark.parametrize(("writer_key", "reader_key", "expected", "code"), [
+    ("k1", "k1", "signatures checked", 0),
+    ("k1", "k2", "signature does not match (entry altered, or signed with another key)", 1),
+    ("", "k2", "unsigned entry (a signing key is set)", 1),
+    ("k1", "", "entries are signed; set LLMTRAIL_ARCHIVE_SIGNING_KEY to check the signatures",
+     0),
+])
+def test_signatures(any_settings: Settings, writer_key: str, reader_key: str, expected: str,
+                    code: int) -> None:
+    fill(any_settings.replace(archive_signing_key=Secret(writer_key)), EVENTS[:10])
+    got, out, err = run_verify(any_settings.replace(archive_signing_key=Secret(reader_key)))
+    assert got == code
+    assert expected in out + err
+
+
+def test_window_arguments_are_checked() -> None:
+    from pipeline.cli_archive import UsageError, parse_time
+
+    assert parse_time("2026-11-22T14:00Z") == int(T0.timestamp() * 1000)
+    assert parse_time("2026-11-22T14:00") == int(T0.timestamp() * 1000)
+    assert parse_time("6h", now=T0) == int((T0 - timedelta(hours=6)).timestamp() * 1000)
+    with pytest.raises(UsageError, match="'yesterday' is not a time"):
+        parse_time("yesterday")
