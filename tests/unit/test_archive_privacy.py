@@ -12,13 +12,13 @@ import pytest
 
 from pipeline.archive.config import open_backend, open_reader
 from pipeline.archive.crypto import ArchiveKeyError, load_master_key
+from pipeline.archive.layout import parse_segment_key
 from pipeline.archive.lifecycle import (
     RetentionError,
     load_legal_hold,
     parse_retention,
     subject_hash,
 )
-from pipeline.archive.layout import parse_segment_key
 from pipeline.cli_archive import cat, erase_command, prune_command, verify_command
 from pipeline.settings import Secret, Settings, SettingsError
 from tests.s3_helpers import T0, event, fill
