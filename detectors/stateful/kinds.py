@@ -1,0 +1,424 @@
+"""The stateful rule kinds: what each keeps per key and when it fires.
+
+Each kind is a small class with a stable ``id`` and one method, ``apply``:
+the observations of one (rule, key) from one batch, in event-time order, are
+folded into that key's state (plain JSON-able data read and written through
+a :class:`~detectors.stateful.store.BatchState`), and what fired is returned.
+Stage one (:mod:`detectors.stateful.observe`) decides which events become
+observations and what payload they carry; nothing here looks at an event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
+
+from detectors.stateful.model import (
+    BaselineSpec,
+    CampaignSpec,
+    DistinctSpec,
+    SequenceSpec,
+    StatefulRule,
+    ThresholdSpec,
+)
+from detectors.stateful.store import BatchState
+from detectors.stateful.times import format_time
+
+MAX_PARTIALS = 8  # open sequence matches kept per key (oldest dropped first)
+MAX_LISTED = 50  # event ids / values / users listed in one alert
+MAX_VALUE_CHARS = 200
+_P95_BASE = 1.05  # latency histogram bins are 5 % wide
+
+
+class Observation(NamedTuple):
+    """One event as one rule's stage two sees it (encoded as a JSON list between stages)."""
+
+    rule: str
+    key: str  # the partition/state key: the group key, or a fingerprint for campaigns
+    ts: float
+    event_id: str
+    payload: Any
+    meta: tuple[Any, ...]  # (trace_id, kind, ts text, user id, service) of the event
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A rule fired on a key: the events it joins and what it saw."""
+
+    key: str
+    events: tuple[str, ...]
+    detail: Mapping[str, Any]
+    last: Observation
+
+
+def state_key(rule_id: str, key: str) -> str:
+    return f"{rule_id}\x1f{key}"
+
+
+class Kind:
+    id: ClassVar[str]
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        raise NotImplementedError
+
+
+class Threshold(Kind):
+    """At least N matching events per key within a sliding or tumbling window."""
+
+    id = "threshold"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        spec = rule.spec
+        assert isinstance(spec, ThresholdSpec)
+        skey = state_key(rule.id, key)
+        if spec.tumbling:
+            return self._tumbling(spec, key, skey, observations, states)
+        events: list[list[Any]] = (states.get(skey) or {"ev": []})["ev"]
+        fired: list[Fired] = []
+        for obs in observations:
+            if any(item[1] == obs.event_id for item in events):
+                continue
+            events.append([obs.ts, obs.event_id])
+            events.sort()
+            newest = events[-1][0]
+            events = [item for item in events if item[0] >= newest - spec.window]
+            if len(events) >= spec.at_least:
+                fired.append(Fired(key, tuple(item[1] for item in events[-MAX_LISTED:]), {
+                    "count": len(events), "window_s": spec.window,
+                    "first_ts": format_time(events[0][0]),
+                }, obs))
+                events = []
+        if events:
+            states.put(skey, {"ev": events})
+        else:
+            states.drop(skey)
+        return fired
+
+    @staticmethod
+    def _tumbling(
+        spec: ThresholdSpec, key: str, skey: str, observations: Sequence[Observation],
+        states: BatchState,
+    ) -> list[Fired]:
+        state = states.get(skey)
+        fired: list[Fired] = []
+        for obs in observations:
+            window = int(obs.ts // spec.window)
+            if state is None or window > state["w"]:
+                state = {"w": window, "n": 0, "ev": [], "done": False}
+            elif window < state["w"] or obs.event_id in state["ev"]:
+                continue  # late for a closed window, or seen already
+            state["n"] += 1
+            if len(state["ev"]) < MAX_LISTED:
+                state["ev"].append(obs.event_id)
+            if state["n"] >= spec.at_least and not state["done"]:
+                state["done"] = True
+                fired.append(Fired(key, tuple(state["ev"]), {
+                    "count": state["n"], "window_s": spec.window,
+                    "window_start": format_time(window * spec.window),
+                }, obs))
+        if state is not None:
+            states.put(skey, state)
+        return fired
+
+
+class Distinct(Kind):
+    """At least N distinct values of a field per key within a sliding window."""
+
+    id = "distinct"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        spec = rule.spec
+        assert isinstance(spec, DistinctSpec)
+        skey = state_key(rule.id, key)
+        seen: dict[str, list[Any]] = (states.get(skey) or {"v": {}})["v"]
+        fired: list[Fired] = []
+        for obs in observations:
+            value = str(obs.payload)[:MAX_VALUE_CHARS]
+            previous = seen.get(value)
+            if previous is None or previous[0] <= obs.ts:
+                seen[value] = [obs.ts, obs.event_id]
+            horizon = obs.ts - spec.window
+            seen = {v: item for v, item in seen.items() if item[0] >= horizon}
+            if len(seen) >= spec.at_least:
+                ordered = sorted(seen.items(), key=lambda entry: entry[1][0])
+                fired.append(Fired(key, tuple(item[1] for _, item in ordered[-MAX_LISTED:]), {
+                    "distinct": len(seen), "window_s": spec.window,
+                    "values": sorted(seen)[:MAX_LISTED],
+                }, obs))
+                seen = {}
+        if seen:
+            states.put(skey, {"v": seen})
+        else:
+            states.drop(skey)
+        return fired
+
+
+class Sequence_(Kind):
+    """Ordered steps per key within a time bound (optionally sharing a secret's fingerprint).
+
+    The payload of an observation lists the steps the event matches, each with
+    the fingerprints of the findings that matched it: ``[[step, [fp, …]], …]``.
+    """
+
+    id = "sequence"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        spec = rule.spec
+        assert isinstance(spec, SequenceSpec)
+        skey = state_key(rule.id, key)
+        partials: list[dict[str, Any]] = (states.get(skey) or {"p": []})["p"]
+        fired: list[Fired] = []
+        for obs in observations:
+            matched = {int(step): set(fps) for step, fps in obs.payload}
+            partials = [p for p in partials if obs.ts - p["t0"] <= spec.within]
+            if any(obs.event_id in p["ev"] for p in partials):
+                continue
+            done, advanced_first = self._advance(spec, partials, matched, obs)
+            if done is not None:
+                fired.append(Fired(key, tuple(done["ev"][-MAX_LISTED:]), {
+                    "steps": [step.name for step in spec.steps], "within_s": spec.within,
+                    "first_ts": format_time(done["t0"]),
+                }, obs))
+                partials = []
+            elif 0 in matched and not advanced_first and (not spec.join_fingerprint or matched[0]):
+                first = spec.steps[0]
+                partials.append({"i": 1 if first.times == 1 else 0, "n": 0 if first.times == 1
+                                 else 1, "t0": obs.ts, "tl": obs.ts, "ev": [obs.event_id],
+                                 "fp": sorted(matched[0])})
+                partials = partials[-MAX_PARTIALS:]
+        if partials:
+            states.put(skey, {"p": partials})
+        else:
+            states.drop(skey)
+        return fired
+
+    @staticmethod
+    def _advance(
+        spec: SequenceSpec, partials: list[dict[str, Any]], matched: dict[int, set[str]],
+        obs: Observation,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        advanced_first = False
+        for partial in partials:
+            step = partial["i"]
+            if step not in matched or obs.ts < partial["tl"]:
+                continue
+            if spec.join_fingerprint and step > 0 and not set(partial["fp"]) & matched[step]:
+                continue
+            partial["n"] += 1
+            partial["ev"].append(obs.event_id)
+            partial["tl"] = obs.ts
+            if step == 0:
+                advanced_first = True
+                partial["fp"] = sorted(set(partial["fp"]) | matched[0])
+            if partial["n"] >= spec.steps[step].times:
+                partial["i"] += 1
+                partial["n"] = 0
+            if partial["i"] == len(spec.steps):
+                return partial, advanced_first
+        return None, advanced_first
+
+
+def _metric(aggregate: str, agg: list[Any]) -> float | None:
+    count: int = agg[0]
+    if count == 0:
+        return None
+    if aggregate == "count":
+        return float(count)
+    if aggregate == "sum":
+        return float(agg[1])
+    if aggregate in ("mean", "rate"):
+        return float(agg[1]) / float(count)
+    # p95 from the histogram: the upper edge of the bin holding the 95th percentile
+    rank = math.ceil(0.95 * count)
+    seen = 0
+    for bin_text, hits in sorted(agg[1].items(), key=lambda item: int(item[0])):
+        seen += hits
+        if seen >= rank:
+            return math.pow(_P95_BASE, int(bin_text))
+    return None
+
+
+def _add(aggregate: str, agg: list[Any], value: float) -> None:
+    agg[0] += 1
+    if aggregate == "p95":
+        bin_text = str(math.ceil(math.log(value, _P95_BASE)) if value > 1 else 0)
+        agg[1][bin_text] = agg[1].get(bin_text, 0) + 1
+    elif aggregate != "count":
+        agg[1] += value
+
+
+def _empty(aggregate: str) -> list[Any]:
+    return [0, {}] if aggregate == "p95" else [0, 0.0]
+
+
+class Baseline(Kind):
+    """A per-key metric per bucket (or per event) against the key's own EWMA baseline.
+
+    Fires at most once per bucket, only after ``warmup`` completed buckets (or
+    events, for ``each``), unless the rule compares with an absolute
+    ``exceeds`` value, which needs no history.
+    """
+
+    id = "baseline"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        spec = rule.spec
+        assert isinstance(spec, BaselineSpec)
+        skey = state_key(rule.id, key)
+        state = states.get(skey) or {"b": None, "agg": None, "ewma": None, "n": 0, "fired": None}
+        fired: list[Fired] = []
+        for obs in observations:
+            value = float(obs.payload)
+            if spec.aggregate == "each":
+                baseline = state["ewma"]
+                if self._fires(spec, value, baseline, state["n"], 1):
+                    fired.append(self._fired(spec, key, obs, metric=value, baseline=baseline,
+                                             samples=1, bucket_start=None))
+                state["ewma"] = value if baseline is None else (
+                    spec.alpha * value + (1 - spec.alpha) * baseline)
+                state["n"] += 1
+                continue
+            bucket = int(obs.ts // spec.bucket)
+            if state["b"] is None:
+                state["b"], state["agg"] = bucket, _empty(spec.aggregate)
+            elif bucket > state["b"]:
+                self._close(spec, state, bucket)
+            elif bucket < state["b"]:
+                continue  # late for a closed bucket
+            _add(spec.aggregate, state["agg"], value)
+            if state["fired"] == bucket:
+                continue
+            metric = _metric(spec.aggregate, state["agg"])
+            samples = state["agg"][0]
+            if metric is not None and self._fires(spec, metric, state["ewma"], state["n"],
+                                                  samples):
+                state["fired"] = bucket
+                fired.append(self._fired(spec, key, obs, metric=metric, baseline=state["ewma"],
+                                         samples=samples, bucket_start=bucket * spec.bucket))
+        states.put(skey, state)
+        return fired
+
+    @staticmethod
+    def _close(spec: BaselineSpec, state: dict[str, Any], bucket: int) -> None:
+        """Fold the finished bucket (and, for counts and sums, the empty ones) into the EWMA."""
+        metric = _metric(spec.aggregate, state["agg"])
+        if metric is not None:
+            previous = state["ewma"]
+            state["ewma"] = metric if previous is None else (
+                spec.alpha * metric + (1 - spec.alpha) * previous)
+            state["n"] += 1
+        gap = bucket - state["b"] - 1
+        if gap > 0 and spec.aggregate in ("count", "sum") and state["ewma"] is not None:
+            state["ewma"] *= (1 - spec.alpha) ** min(gap, 10_000)
+            state["n"] += gap
+        state["b"], state["agg"] = bucket, _empty(spec.aggregate)
+
+    @staticmethod
+    def _fires(
+        spec: BaselineSpec, metric: float, baseline: float | None, warm: int, samples: int
+    ) -> bool:
+        if samples < spec.min_samples:
+            return False
+        if spec.exceeds is not None:
+            return metric > spec.exceeds
+        if warm < spec.warmup or baseline is None or metric < spec.min_value:
+            return False
+        if spec.above is not None and metric > spec.above * baseline:
+            return True
+        return spec.drift is not None and baseline > 0 and (
+            abs(metric - baseline) > spec.drift * baseline)
+
+    @staticmethod
+    def _fired(
+        spec: BaselineSpec, key: str, obs: Observation, *, metric: float,
+        baseline: float | None, samples: int, bucket_start: float | None,
+    ) -> Fired:
+        detail: dict[str, Any] = {
+            "aggregate": spec.aggregate, "observed": round(metric, 6),
+            "baseline": None if baseline is None else round(baseline, 6), "samples": samples,
+        }
+        if bucket_start is not None:
+            detail["bucket_start"] = format_time(bucket_start)
+            detail["bucket_s"] = spec.bucket
+        return Fired(key, (obs.event_id,), detail, obs)
+
+
+class Profile(Kind):
+    """Per-event checks against the user's context (work hours, usual geos), made in stage one."""
+
+    id = "profile"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        return [Fired(key, (obs.event_id,), dict(obs.payload), obs) for obs in observations]
+
+
+class Campaign(Kind):
+    """The same (or a near-duplicate) prompt from at least N distinct users within a window.
+
+    The payload is ``[user, [fingerprint, …]]``; in ``near`` mode every band
+    key of an event lives in the same partition (the route key is the rule
+    id), so one campaign raises one alert, not one per band.
+    """
+
+    id = "campaign"
+
+    def apply(
+        self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
+    ) -> list[Fired]:
+        spec = rule.spec
+        assert isinstance(spec, CampaignSpec)
+        fired: list[Fired] = []
+        for obs in observations:
+            user, prints = obs.payload
+            horizon = obs.ts - spec.window
+            tracked: dict[str, dict[str, Any]] = {}
+            for fingerprint in prints:
+                state = states.get(state_key(rule.id, fingerprint)) or {"u": {}, "f": None}
+                users = {u: item for u, item in state["u"].items() if item[0] >= horizon}
+                users[user] = [obs.ts, obs.event_id]
+                tracked[fingerprint] = {"u": users, "f": state["f"]}
+            if not tracked:
+                continue
+            already = any(s["f"] is not None and s["f"] >= horizon for s in tracked.values())
+            best_print, best = max(tracked.items(), key=lambda entry: len(entry[1]["u"]))
+            if not already and len(best["u"]) >= spec.users_at_least:
+                ordered = sorted(best["u"].items(), key=lambda entry: entry[1][0])
+                fired.append(Fired(best_print, tuple(i[1] for _, i in ordered[-MAX_LISTED:]), {
+                    "users": sorted(best["u"])[:MAX_LISTED], "distinct_users": len(best["u"]),
+                    "window_s": spec.window, "fingerprint": best_print,
+                    "similarity": spec.similarity,
+                }, obs))
+                for state in tracked.values():
+                    state["f"] = obs.ts
+            for fingerprint, state in tracked.items():
+                states.put(state_key(rule.id, fingerprint), state)
+        return fired
+
+
+def _registry(kinds: Sequence[Kind]) -> Mapping[str, Kind]:
+    registry: dict[str, Kind] = {}
+    for kind in kinds:
+        if kind.id in registry:
+            raise ValueError(f"stateful kind {kind.id!r} registered twice")
+        registry[kind.id] = kind
+    return MappingProxyType(registry)
+
+
+KINDS: Mapping[str, Kind] = _registry(
+    (Threshold(), Distinct(), Sequence_(), Baseline(), Profile(), Campaign())
+)
