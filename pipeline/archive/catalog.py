@@ -8,15 +8,12 @@ uses it, plus the raw listing, to check the chain and the bytes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.archive.backend import Backend
-from pipeline.archive.chain import CHAIN_DIR, Chain, Entry, parse_entry
+from pipeline.archive.chain import Chain, Entry, chain_place, parse_entry
 from pipeline.archive.layout import SegmentId, parse_segment_key
-
-_CHAIN_KEY_RE = re.compile(rf"([^/]+)/{CHAIN_DIR}/p(0|[1-9]\d*)/(\d{{12}})\.json")
 
 
 @dataclass(slots=True)
@@ -86,11 +83,10 @@ def load_catalog(backend: Backend, chain: Chain, *, topic: str | None = None) ->
     chains: dict[tuple[str, int], ChainView] = {}
     segment_keys: set[str] = set()
     for key in keys:
-        match = _CHAIN_KEY_RE.fullmatch(key)
-        if match:
-            view = chains.setdefault((match[1], int(match[2])),
-                                     ChainView(match[1], int(match[2])))
-            seq = int(match[3])
+        place = chain_place(key)
+        if place:
+            topic_name, partition, seq = place
+            view = chains.setdefault((topic_name, partition), ChainView(topic_name, partition))
             try:
                 view.entries[seq] = parse_entry(key, backend.get(key))
             except ValueError as exc:

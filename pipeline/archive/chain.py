@@ -34,6 +34,7 @@ from pipeline.archive.traceindex import build_filter
 CHAIN_DIR = "_chain"
 FORMAT = 1
 _ENTRY_RE = re.compile(r"(\d{12})\.json")
+_KEY_RE = re.compile(rf"([^/]+)/{CHAIN_DIR}/p(0|[1-9]\d*)/(\d{{12}})\.json")
 _APPEND_ATTEMPTS = 20
 
 
@@ -76,6 +77,12 @@ def entry_key(topic: str, partition: int, seq: int) -> str:
 def entry_seq(key: str) -> int | None:
     match = _ENTRY_RE.fullmatch(key.rsplit("/", 1)[-1])
     return int(match[1]) if match else None
+
+
+def chain_place(key: str) -> tuple[str, int, int] | None:
+    """(topic, partition, seq) of a chain entry's key, else None."""
+    match = _KEY_RE.fullmatch(key)
+    return (match[1], int(match[2]), int(match[3])) if match else None
 
 
 def canonical(body: dict[str, Any]) -> bytes:

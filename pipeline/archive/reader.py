@@ -22,6 +22,7 @@ from pipeline.archive.blocks import (
     SegmentMeta,
     decode_records,
 )
+from pipeline.archive.chain import chain_place, parse_entry
 from pipeline.archive.crypto import KeyRing, block_aad, day_key_id
 from pipeline.archive.errors import CorruptSegmentError
 from pipeline.archive.layout import SegmentId, list_segments, segment_ids
@@ -133,10 +134,25 @@ class Reader:
         return self.backend.describe(sid.relpath)
 
     def segments(self, topic: str | None = None) -> list[SegmentId]:
-        """Every segment, in reading order (hour, topic, partition, first offset)."""
+        """Every segment, in reading order (hour, topic, partition, first offset).
+
+        In object storage the chain is the system of record: a segment above its partition's
+        chained watermark is an upload whose manifest never followed, and is not read."""
         if isinstance(self.backend, LocalBackend):
             return list_segments(self.backend.root, topic)
-        return segment_ids(self.backend.list(f"{topic}/" if topic else ""), topic)
+        keys = self.backend.list(f"{topic}/" if topic else "")
+        heads: dict[tuple[str, int], tuple[int, str]] = {}
+        for key in keys:
+            place = chain_place(key)
+            if place is None:
+                continue
+            part = (place[0], place[1])
+            if part not in heads or heads[part][0] < place[2]:
+                heads[part] = (place[2], key)
+        marks = {part: parse_entry(key, self.backend.get(key)).watermark
+                 for part, (_, key) in heads.items()}
+        return [sid for sid in segment_ids(keys, topic)
+                if sid.first_offset <= marks.get((sid.topic, sid.partition), -1)]
 
     def records(self, sid: SegmentId) -> Iterator[ArchivedRecord]:
         """The records of one segment, verified; a segment gone since it was listed yields

@@ -185,7 +185,8 @@ def _check_unchained(backend: Backend, catalog: Catalog, from_ms: int | None,
             report.open_events += count
             continue
         report.problems.append(Problem(where, f"not in any manifest chain ({count} events; "
-                                       + ("sealed: inserted, or sealed by a store that crashed "
-                                          "before chaining it: start a worker to chain it)"
+                                       + ("sealed: inserted, or left by a crash before its "
+                                          "manifest was written: a worker's restart or retry "
+                                          "chains or replaces it)"
                                           if scan.sealed is not None else
                                           "unsealed but not the partition's open segment)")))
