@@ -30,11 +30,13 @@ from typing import Any
 import faust
 
 from detectors import Engine, RuleSetError, load_rules
+from detectors.stateful import StatefulDetector
 from pipeline.archive import ArchiveWriter as ArchiveStore  # local dir or S3: see open_store
 from pipeline.archive import RawRecord, open_store
 from pipeline.kafka import ensure_topics
 from pipeline.process import Decoded, Incoming, decode_batch, detect_batch
 from pipeline.settings import Settings
+from pipeline.stateful import StatefulStage, load_detector
 from pipeline.transport import tuned_transport
 from pipeline.users import UserDirectory, follow_users
 
@@ -144,7 +146,8 @@ async def _archive_with_retries(store: ArchiveStore, records: list[RawRecord]) -
     os._exit(EXIT_ARCHIVE_FAILED)
 
 
-def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
+def build_app(settings: Settings, engine: Engine,
+              stateful: StatefulDetector | None = None) -> LlmtrailApp:
     """A Faust app with the archive and detect agents and the rule and user followers."""
     app = LlmtrailApp(settings, **faust_options(settings))
     events = app.topic(
@@ -156,6 +159,7 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
     users = UserDirectory()
     users_ready = asyncio.Event()
     store = open_store(settings)
+    stage = StatefulStage(app, settings, users, stateful, rules_signature) if stateful else None
 
     @app.agent(events, name="pipeline")
     async def pipeline(stream: Any) -> AsyncIterator[None]:
@@ -166,8 +170,10 @@ def build_app(settings: Settings, engine: Engine) -> LlmtrailApp:
             archived = asyncio.create_task(_archive_with_retries(store, records)) if records \
                 else None
             result = detect_batch(decoded, engine=engine, users=users, settings=settings)
-            pending = [await app.producer.send(o.topic, o.key, o.value, None, None, None)
-                       for o in result.out]
+            out, routed = (result.out, []) if stage is None else await stage.route(decoded,
+                                                                                  result.out)
+            pending = routed + [await app.producer.send(o.topic, o.key, o.value, None, None, None)
+                                for o in out]
             if archived is not None:
                 await archived
             if pending:
@@ -244,6 +250,7 @@ def run_worker(settings: Settings) -> None:
     """Run one worker in the foreground until SIGINT/SIGTERM."""
     try:
         ruleset = load_rules(settings.rules)
+        stateful = load_detector(settings) if settings.stateful else None
     except RuleSetError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -252,7 +259,7 @@ def run_worker(settings: Settings) -> None:
                     use_hyperscan=settings.engine_hyperscan)
     # Create the topics with our partition count before Faust or a client auto-creates them.
     asyncio.run(ensure_topics(settings))
-    app = build_app(settings, engine)
+    app = build_app(settings, engine, stateful)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -215,6 +215,19 @@ class Settings:
         "LLMTRAIL_HTTP_MAX_BODY_BYTES", 4_194_304, "Largest HTTP ingest request body (413 above)."
     )
     log_level: str = _setting("LLMTRAIL_LOG_LEVEL", "warning", "Worker log level.")
+    # -- stateful detection (docs/stateful.md) ---------------------------------------------
+    stateful: bool = _setting(
+        "LLMTRAIL_STATEFUL", True,
+        "Run the stateful rules (windows, sequences, baselines, campaigns, alert hygiene).",
+    )
+    stateful_rules: tuple[Path, ...] = _setting(
+        "LLMTRAIL_STATEFUL_RULES", (_REPO_RULES / "stateful",),
+        "Stateful rule files or directories (llmtrail.stateful/v1, os.pathsep-separated).",
+    )
+    suppressions_file: str = _setting(
+        "LLMTRAIL_SUPPRESSIONS", "",
+        "Alert suppression list (llmtrail.suppressions/v1), re-read on change; empty: none.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

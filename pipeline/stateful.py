@@ -1,0 +1,220 @@
+"""Stateful detection in the worker: stage one in the detect agent, stage two on Faust tables.
+
+Stage one (:meth:`StatefulStage.route`, called by the detect agent once per
+batch) turns each event and its single-event alerts into observations for
+the stateful rules, drops suppressed alerts, and takes the alerts covered by
+a hygiene policy out of the batch's output. It groups all of that by state
+partition (:func:`detectors.stateful.partition_of` of rule and key) and
+sends **one record per partition per batch** to the internal topic
+``llm.stateful``: so state keyed by user, session or prompt fingerprint
+lands on one partition whichever worker saw the event, and the second agent
+pays Faust's per-record cost once per batch, not per event.
+
+Stage two (the ``stateful`` agent) folds each record into a changelog-backed
+Faust table keyed by state key; the table's changelog partition is the
+record's partition, so a partition's state moves with it on a rebalance and
+is restored on restart. Each state key is written at most once per record.
+After the writes it flushes the producer, then writes a one-record "fence"
+to the changelog and flushes again: the state is durable before the record
+is acknowledged, and a broker that reports a partition's end offset as the
+start of its last batch (the embedded Tansu does) still lets recovery read
+every state write (only the fence falls outside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from detectors import RuleSetError
+from detectors.stateful import (
+    FindingView,
+    Observation,
+    PatternAlert,
+    StatefulDetector,
+    Suppressions,
+    findings_of_alert,
+    load_stateful_rules,
+    load_suppressions,
+    partition_of,
+)
+from pipeline.process import Decoded, Outgoing, dead_letter, utc_now
+from pipeline.settings import Settings
+from pipeline.users import UserDirectory
+
+log = logging.getLogger("llmtrail.stateful")
+
+TABLE = "stateful"
+FENCE = "\x00fence"
+Signature = Callable[[Sequence[Path]], Any]
+
+
+class TableStore:
+    """A Faust table behind :class:`detectors.stateful.Store` (used inside the agent only)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, key: str) -> Any:
+        return self._table.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self._table[key] = value
+
+    def delete(self, key: str) -> None:
+        if key in self._table:
+            del self._table[key]
+
+
+def stateful_topic(settings: Settings) -> str:
+    return settings.topic("llm.stateful")
+
+
+def load_detector(settings: Settings) -> StatefulDetector:
+    """The stateful rules and suppressions the settings name; RuleSetError if they do not load."""
+    detector = StatefulDetector(load_stateful_rules(settings.stateful_rules))
+    if settings.suppressions_file:
+        detector.set_suppressions(Suppressions(load_suppressions(settings.suppressions_file)))
+    return detector
+
+
+def _encode(observations: list[Observation], alerts: list[PatternAlert]) -> bytes:
+    return orjson.dumps({"o": [list(o) for o in observations], "a": [list(a) for a in alerts]})
+
+
+def _decode(raw: bytes) -> tuple[list[Observation], list[PatternAlert]]:
+    body = orjson.loads(raw)
+    return ([Observation(*item) for item in body["o"]],
+            [PatternAlert(*item) for item in body["a"]])
+
+
+class StatefulStage:
+    """Both stages and the rule/suppression reloader, registered on one Faust app."""
+
+    def __init__(self, app: Any, settings: Settings, users: UserDirectory,
+                 detector: StatefulDetector, signature: Signature) -> None:
+        self.app = app
+        self.settings = settings
+        self.users = users
+        self.detector = detector
+        self._signature = signature
+        self.topic = app.topic(stateful_topic(settings), key_serializer="raw",
+                               value_serializer="raw", partitions=settings.partitions,
+                               internal=True)
+        self.table = app.Table(TABLE, partitions=settings.partitions, default=None)
+        app.agent(self.topic, name="stateful")(self._stage_two)
+        app.task(self._reload)
+
+    # -- stage one ---------------------------------------------------------------------
+
+    async def route(self, decoded: Decoded, out: list[Outgoing]
+                    ) -> tuple[list[Outgoing], list[Awaitable[Any]]]:
+        """The batch's outgoing records minus suppressed and hygiene-managed alerts, and the
+        pending sends of its stage-two records (await them before acknowledging)."""
+        settings = self.settings
+        detector = self.detector
+        findings: dict[str, list[FindingView]] = {}
+        held: set[bytes] = set()
+        items: list[PatternAlert] = []
+        for record in out:
+            if record.topic != settings.alerts_topic:
+                continue
+            alert = orjson.loads(record.value)
+            findings.setdefault(alert["event_id"], []).append(findings_of_alert(alert))
+            if detector.suppressed(alert):
+                held.add(record.value)
+                continue
+            item = detector.pattern_alert(alert)
+            if item is not None:
+                held.add(record.value)
+                items.append(item)
+        kept = [record for record in out if record.value not in held] if held else out
+        observations: list[Observation] = []
+        for msg, event in decoded.valid:
+            try:
+                observations += detector.observe(event, findings.get(event["event_id"], ()),
+                                                 self.users.get)
+            except Exception as exc:  # a stateful bug must not lose the event: dead-letter it
+                log.exception("stateful stage one failed on %s[%d]@%d", msg.topic, msg.partition,
+                              msg.offset)
+                reason = f"internal error in stateful detection: {type(exc).__name__}: {exc}"
+                kept.append(Outgoing(settings.deadletter_topic, msg.key,
+                                     dead_letter(msg, reason, stage="stateful",
+                                                 failed_at=utc_now())))
+        return kept, await self._send(observations, items)
+
+    async def _send(self, observations: list[Observation], items: list[PatternAlert]
+                    ) -> list[Awaitable[Any]]:
+        partitions = self.settings.partitions
+        grouped: dict[int, tuple[list[Observation], list[PatternAlert]]] = {}
+        for obs in observations:
+            grouped.setdefault(partition_of(obs.rule, obs.key, partitions), ([], []))[0].append(obs)
+        for item in items:
+            grouped.setdefault(partition_of(item.rule, item.key, partitions), ([], []))[1].append(
+                item)
+        name = self.topic.get_topic_name()
+        return [
+            await self.app.producer.send(name, None, _encode(*parts), partition, None, None)
+            for partition, parts in sorted(grouped.items())
+        ]
+
+    # -- stage two ---------------------------------------------------------------------
+
+    async def _stage_two(self, stream: Any) -> None:
+        settings = self.settings
+        producer = self.app.producer
+        store = TableStore(self.table)
+        async for event in stream.events():
+            message = event.message
+            observations, items = _decode(event.value)
+            alerts = self.detector.apply(observations, items, store, scope=str(message.partition),
+                                         context=self.users.get, detected_at=utc_now())
+            pending = []
+            for alert in alerts:
+                value = orjson.dumps(alert)
+                key = str(alert.get("trace_id") or "").encode()
+                pending.append(await producer.send(settings.alerts_topic, key, value, None, None,
+                                                   None))
+                pending.append(await producer.send(settings.severity_topic(alert["severity"]),
+                                                   key, value, None, None, None))
+            await producer.flush()
+            self.table[f"{FENCE}{message.partition}"] = message.offset
+            await producer.flush()
+            if pending:
+                await asyncio.gather(*pending)
+
+    # -- run-time changes ----------------------------------------------------------------
+
+    def _watched(self) -> list[Path]:
+        paths = list(self.settings.stateful_rules)
+        if self.settings.suppressions_file:
+            paths.append(Path(self.settings.suppressions_file))
+        return paths
+
+    async def _reload(self) -> None:
+        """Re-read stateful rules and suppressions when their files change (bad sets rejected)."""
+        interval = self.settings.rules_reload_seconds
+        if interval <= 0:
+            return
+        signature = self._signature(self._watched())
+        while True:
+            await asyncio.sleep(interval)
+            current = self._signature(self._watched())
+            if current == signature:
+                continue
+            signature = current
+            try:
+                fresh = await asyncio.to_thread(load_detector, self.settings)
+            except RuleSetError as exc:
+                for error in exc.errors:
+                    log.error("stateful reload rejected, keeping the previous set: %s", error)
+                continue
+            self.detector.swap(fresh.ruleset)
+            self.detector.set_suppressions(fresh.suppressions)
+            log.warning("stateful rules reloaded: %d rules, %d suppressions",
+                        len(fresh.ruleset.rules), len(fresh.suppressions))
