@@ -8,6 +8,7 @@ and run the engine over a JSON-lines file of Event v1 records. Handlers take
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -20,16 +21,57 @@ import orjson
 
 from detectors import Engine, RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
+from detectors.stateful import StatefulRuleSet, load_stateful_rules, run_scenarios
 from pipeline.lines import read_lines
 from pipeline.settings import Settings
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 _PROGRESS_EVERY = 0.5  # seconds between progress lines on a terminal
+_STATEFUL_RE = re.compile(rb"^schema:\s*['\"]?llmtrail\.stateful/", re.MULTILINE)
 
 
 def _paths(args: argparse.Namespace, settings: Settings) -> list[Path]:
     given: list[Path] = args.paths or []
-    return given or list(settings.rules)
+    return given or [*settings.rules, *settings.stateful_rules]
+
+
+def _is_stateful(file: Path) -> bool:
+    try:
+        return _STATEFUL_RE.search(file.read_bytes()[:4096]) is not None
+    except OSError:
+        return False
+
+
+def split_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Single-event and stateful rule paths: files by their schema; a directory whose rule
+    files are all stateful is stateful; a directory's ``stateful/`` subdirectory is stateful."""
+    single: list[Path] = []
+    stateful: dict[Path, Path] = {}
+    for path in paths:
+        if path.is_dir():
+            files = [p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+            if files and all(_is_stateful(f) for f in files):
+                stateful.setdefault(path.resolve(), path)
+            else:
+                single.append(path)
+            if (path / "stateful").is_dir():
+                stateful.setdefault((path / "stateful").resolve(), path / "stateful")
+        elif path.is_file() and _is_stateful(path):
+            stateful.setdefault(path.resolve(), path)
+        else:
+            single.append(path)
+    return single, list(stateful.values())
+
+
+def _load_stateful(paths: Sequence[Path], err: TextIO) -> StatefulRuleSet | None:
+    try:
+        return load_stateful_rules(paths)
+    except RuleSetError as exc:
+        for error in exc.errors:
+            print(error, file=err)
+        count = len(exc.errors)
+        print(f"{count} error{'s' if count != 1 else ''}", file=err)
+        return None
 
 
 def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
@@ -51,30 +93,58 @@ def _engine(ruleset: RuleSet, settings: Settings, choice: str, **options: Any) -
 
 
 def lint(paths: Sequence[Path], out: TextIO, err: TextIO) -> int:
-    ruleset = _load(paths, err)
-    if ruleset is None:
-        return EXIT_PROBLEMS
-    files = len(ruleset.sources)
-    print(
-        f"{len(ruleset.rules)} rules in {files} file{'s' if files != 1 else ''}: OK",
-        file=out,
-    )
-    return EXIT_OK
+    single, stateful_paths = split_paths(paths)
+    code = EXIT_OK
+    if single or not stateful_paths:
+        ruleset = _load(single, err)
+        if ruleset is None:
+            code = EXIT_PROBLEMS
+        else:
+            files = len(ruleset.sources)
+            print(
+                f"{len(ruleset.rules)} rules in {files} file{'s' if files != 1 else ''}: OK",
+                file=out,
+            )
+    if stateful_paths:
+        stateful = _load_stateful(stateful_paths, err)
+        if stateful is None:
+            return EXIT_PROBLEMS
+        files = len(stateful.sources)
+        print(f"{len(stateful.rules)} stateful rules in {files} file{'s' if files != 1 else ''}: "
+              "OK", file=out)
+    return code
 
 
 def test(
     paths: Sequence[Path], settings: Settings, engine_choice: str, out: TextIO, err: TextIO
 ) -> int:
-    ruleset = _load(paths, err)
+    """Single-event examples, then stateful scenarios (whose events the single-event rules
+    given, else LLMTRAIL_RULES, scan first, as in the worker)."""
+    single, stateful_paths = split_paths(paths)
+    ruleset = _load(single or list(settings.rules), err)
     if ruleset is None:
         return EXIT_PROBLEMS
     engine = _engine(ruleset, settings, engine_choice, include_disabled=True)
-    failures = run_examples(ruleset, engine)
-    for failure in failures:
-        print(failure, file=err)
-    total = sum(len(rule.examples) for rule in ruleset.rules)
-    print(f"{total - len(failures)} examples passed, {len(failures)} failed", file=out)
-    return EXIT_PROBLEMS if failures else EXIT_OK
+    failed = 0
+    if single or not stateful_paths:
+        failures = run_examples(ruleset, engine)
+        for failure in failures:
+            print(failure, file=err)
+        total = sum(len(rule.examples) for rule in ruleset.rules)
+        print(f"{total - len(failures)} examples passed, {len(failures)} failed", file=out)
+        failed += len(failures)
+    if stateful_paths:
+        stateful = _load_stateful(stateful_paths, err)
+        if stateful is None:
+            return EXIT_PROBLEMS
+        scenario_failures = run_scenarios(stateful, engine)
+        for scenario_failure in scenario_failures:
+            print(scenario_failure, file=err)
+        total = sum(len(rule.examples) for rule in stateful.rules)
+        print(f"{total - len(scenario_failures)} stateful scenarios passed, "
+              f"{len(scenario_failures)} failed", file=out)
+        failed += len(scenario_failures)
+    return EXIT_PROBLEMS if failed else EXIT_OK
 
 
 def scan(
@@ -184,7 +254,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "examples.",
     )
     rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
-    paths_help = "rule files or directories (*.yaml, *.yml); default: LLMTRAIL_RULES (rules/)"
+    paths_help = ("rule files or directories (*.yaml, *.yml; stateful ones by their schema, and "
+                  "a directory's stateful/); default: LLMTRAIL_RULES and LLMTRAIL_STATEFUL_RULES")
 
     lint_parser = rule_commands.add_parser(
         "lint",
@@ -198,10 +269,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     test_parser = rule_commands.add_parser(
         "test",
-        help="Run every rule's match/no_match examples through the engine.",
+        help="Run every rule's match/no_match examples and every stateful rule's scenarios.",
         description="Run every rule's examples (disabled rules included): a match example must "
-        "fire its rule, a no_match example must not. Prints failures and a summary; exits 1 if "
-        "any example fails.",
+        "fire its rule, a no_match example must not; then every stateful rule's scenarios "
+        "(docs/stateful.md): a fire scenario must raise its rule, a no_fire scenario must not. "
+        "Prints failures and a summary; exits 1 if any example or scenario fails.",
     )
     test_parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=paths_help)
     _engine_option(test_parser)
