@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/quality.py [--corpora DIR] [--rules PATH ...] [--out FILE]
                                       [--limit N] [--misses LABEL]
+                                      [--ml [--ml-model FILE]]
 
 What it measures
 ----------------
@@ -22,6 +23,11 @@ What it measures
    public certificates, version numbers). Recall per kind, false-positive
    rate per look-alike kind.
 3. The rules that fire most on benign labels, to tune them.
+4. With ``--ml``: the ML classifier (detectors/ml.py) alone, the rules alone
+   (findings in categories prompt_injection or jailbreak) and their OR, on the
+   rows the classifier never trained on: the held-out test split of the
+   permissive files (bench/ml_corpus.py) and the never-trainable rows
+   (sharegpt first turns, GPL rows). ``--ml-model`` scores another model file.
 
 Nothing here touches the network and every number is deterministic for a
 given set of rules and corpora. Labels are other people's and noisy: the
@@ -814,6 +820,82 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# ML classifier, alone and combined with the rules (held-out rows only)
+
+ML_RULE_CATEGORIES = frozenset({"prompt_injection", "jailbreak"})
+
+
+@dataclass
+class Combined:
+    n: int = 0
+    rules: int = 0
+    ml: int = 0
+    ml_pi: int = 0
+    either: int = 0
+    either_pi: int = 0
+
+
+def run_ml(
+    engine: Engine, corpora: Path, model: Path | None, limit: int | None
+) -> dict[str, float]:
+    import ml_corpus
+
+    from detectors import ml as ml_model
+
+    clf = ml_model.Classifier.load(model)
+    thresholds = ", ".join(f"{k} {v:.4f}" for k, v in clf.thresholds.items())
+    print(f"\n## ML classifier ({model or 'shipped model'}; thresholds {thresholds})\n")
+    rows = [
+        r
+        for r in ml_corpus.rows(corpora)
+        if r.split in ("test", "unseen")
+        and r.label not in ml_corpus.DERIVED
+        and (limit is None or r.index < limit)
+    ]
+    t0 = time.perf_counter()
+    scores = clf.score_batch([r.text for r in rows])
+    ml_secs = time.perf_counter() - t0
+    cells: dict[tuple[str, str], Combined] = defaultdict(Combined)
+    for n, (row, score) in enumerate(zip(rows, scores, strict=True)):
+        _, ev = corpus_event(n, row.file, {"text": row.text, "label": row.label})
+        rule = any(f.category in ML_RULE_CATEGORIES for f in engine.scan(ev))
+        ml = any(score[label] >= clf.thresholds[label] for label in ml_model.LABELS)
+        ml_pi = score["prompt_injection"] >= clf.thresholds["prompt_injection"]
+        for key in ((row.split, row.label), (row.split, "*" + label_role(row.label))):
+            c = cells[key]
+            c.n += 1
+            c.rules += rule
+            c.ml += ml
+            c.ml_pi += ml_pi
+            c.either += rule or ml
+            c.either_pi += rule or ml_pi
+    hdr = f"{'split':7} {'label':28} {'n':>6} {'rules':>7} {'ml':>7} {'ml(PI)':>7} {'OR':>7} {'OR(PI)':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    summary: dict[str, float] = {}
+    for (split, label), c in sorted(cells.items()):
+        print(
+            f"{split:7} {label:28} {c.n:6d} {c.rules / c.n:7.3f} {c.ml / c.n:7.3f} "
+            f"{c.ml_pi / c.n:7.3f} {c.either / c.n:7.3f} {c.either_pi / c.n:7.3f}"
+        )
+        if label in ("*pos", "*benign"):
+            what = "recall" if label == "*pos" else "fp"
+            for col in ("rules", "ml", "ml_pi", "either", "either_pi"):
+                summary[f"ml_{split}_{what}_{col}"] = getattr(c, col) / c.n
+    print(
+        "\n(*pos = injection + jailbreak labels, *benign = benign labels; rules = a prompt_injection"
+        " or jailbreak finding; ml = either label over its threshold; ml(PI) = the prompt_injection"
+        " label only; OR = rules or ml; OR(PI) = rules or ml(PI))"
+    )
+    print(f"({len(rows)} rows; classifier {ml_secs * 1e6 / max(len(rows), 1):.1f} µs per text)")
+    return summary
+
+
+def label_role(label: str) -> str:
+    return LABELS.get(label, "info")
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpora", type=Path, default=ROOT.parent / "shared" / "data" / "corpora")
@@ -824,6 +906,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--misses", metavar="LABEL", help="print up to 40 undetected texts of LABEL")
     ap.add_argument("--no-corpora", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--ml", action="store_true", help="add the ML classifier section")
+    ap.add_argument("--ml-model", type=Path, default=None, help="model file (default: shipped)")
     args = ap.parse_args(list(argv) if argv is not None else None)
 
     ruleset = load_rules(list(args.rules))
@@ -844,6 +928,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"\n## Undetected '{args.misses}' texts (first 40)\n")
             for m in misses:
                 print("-", m)
+    if args.ml:
+        summary.update(run_ml(engine, args.corpora, args.ml_model, args.limit))
     if not args.no_synthetic:
         summary.update(run_synthetic(engine, args.seed, args.per_kind))
     print("\n## Summary\n")

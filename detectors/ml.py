@@ -1,0 +1,394 @@
+"""A linear injection/jailbreak classifier over hashed n-grams, scored with numpy.
+
+What the model sees
+-------------------
+A text is normalised like the engine's keyword view (``detectors.normalise``:
+NFKC-style folding, look-alikes folded, case folded, whitespace collapsed),
+encoded as UTF-8 and padded with ``PAD`` spaces on each side. Every byte
+position ``p`` starts three features, the byte 3-, 4- and 5-grams at ``p``
+(n-grams may run into the padding); every word (a run of ASCII letters,
+digits and non-ASCII bytes) adds a word feature at its first byte, and every
+pair of adjacent words a bigram feature. A feature goes to one of
+``2**bits`` buckets by multiply-shift hashing of its exact byte code (the
+constants below: the same buckets in every process and on every machine).
+
+The padded text is cut into blocks of ``stride`` bytes; a window is two
+consecutive blocks (one block when the text fits in one). A window's feature
+vector is its bucket counts divided by the square root of its feature count,
+and its score per label is ``sigmoid(bias + weights . vector)``. A text's
+score is the maximum over its windows, so an injection at the end of a long
+benign document is scored on its own window, not diluted by the whole text.
+
+Scoring a batch concatenates the padded texts into one buffer and runs each
+step once for the whole batch; every block is summed on its own, so a text
+gets bit-for-bit the same scores alone or in any batch.
+
+The model file is a ``.npz`` with ``weights`` (float16, ``(2**bits, labels)``)
+and ``meta`` (UTF-8 JSON: format, version, labels, biases, thresholds,
+feature parameters, training data provenance and held-out metrics).
+Training lives in ``bench/train_classifier.py`` (scikit-learn, never
+imported here).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.findings import Evidence, Finding, excerpt
+from detectors.normalise import Limits, Normalised, Source, normalise
+
+MODEL_FORMAT = "llmtrail.ml-model"
+MODEL_VERSION = 1
+LABELS: tuple[str, ...] = ("prompt_injection", "jailbreak")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "injection-classifier.npz"
+DETECTOR = "ml"
+PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, padding included
+
+_NO_PAYLOADS = Limits(max_payloads=0)
+# odd 64-bit multipliers (multiply-shift hashing), one per feature kind
+_K3 = np.uint64(0x9E3779B97F4A7C15)
+_K4 = np.uint64(0xC2B2AE3D27D4EB4F)
+_K5 = np.uint64(0x165667B19E3779F9)
+_KWORD_PART = np.uint64(0xD6E8FEB86659FD93)
+_KUNI = np.uint64(0xA0761D6478BD642F)
+_KBI_LEFT = np.uint64(0xE7037ED1A0B428DB)
+_KBI = np.uint64(0x8EBC6AF09C88C6E3)
+_EIGHT = np.uint64(8)
+_THIRTY_TWO = np.uint64(32)
+_WORD_BYTES = np.zeros(256, dtype=bool)
+_WORD_BYTES[ord("a") : ord("z") + 1] = True
+_WORD_BYTES[ord("A") : ord("Z") + 1] = True
+_WORD_BYTES[ord("0") : ord("9") + 1] = True
+_WORD_BYTES[0x80:] = True
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+
+class ModelError(Exception):
+    """The model file is missing, unreadable or from an unsupported format version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Per-label probabilities of one text, and where its best window lies.
+
+    ``windows[label]`` is ``(start, end)`` in the normalised keyword view
+    (characters), the window that gave the label's score.
+    """
+
+    scores: dict[str, float]
+    windows: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    """Bucket indices of every feature of a batch of texts (see the module docstring).
+
+    ``buckets[n - 3][p]`` is the bucket of the n-gram at buffer position ``p``;
+    ``words``/``unigrams`` the first byte and bucket of each word;
+    ``bigrams[i]`` the bucket of words ``i`` and ``i + 1`` (valid only where
+    ``bigram_ok[i]``: both in one text). ``block_starts`` cut the buffer into
+    blocks; text ``t`` owns blocks ``text_blocks[t]:text_blocks[t + 1]``.
+    """
+
+    length: int
+    buckets: tuple[I64, I64, I64]
+    words: I64
+    unigrams: I64
+    bigrams: I64
+    bigram_ok: npt.NDArray[np.bool_]
+    block_starts: I64
+    text_blocks: I64
+
+
+def keyword_view(text: str) -> str:
+    """The text the classifier scores: the engine's keyword view, without payload decoding."""
+    return normalise(text, limits=_NO_PAYLOADS).sources[0].kw.text
+
+
+def _padded(views: Sequence[str]) -> list[bytes]:
+    pad = b" " * PAD
+    return [pad + view.encode("utf-8", "surrogatepass") + pad for view in views]
+
+
+def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
+    """Hash the features of already-normalised texts (keyword views) in one pass."""
+    units = _padded(views)
+    lengths = np.fromiter((len(u) for u in units), dtype=np.int64, count=len(units))
+    # PAD more spaces at the very end so the last positions have all n-grams too
+    buf = np.frombuffer(b"".join(units) + b" " * PAD, dtype=np.uint8)
+    length = int(lengths.sum())
+    x = buf.astype(np.uint64)
+    shift = np.uint64(64 - bits)
+    h = (x[:-1] << _EIGHT) | x[1:]
+    h3 = (h[:-1] << _EIGHT) | x[2:]
+    h4 = (h3[:-1] << _EIGHT) | x[3:]
+    h5 = (h4[:-1] << _EIGHT) | x[4:]
+    buckets = (
+        ((h3[:length] * _K3) >> shift).view(np.int64),
+        ((h4[:length] * _K4) >> shift).view(np.int64),
+        ((h5[:length] * _K5) >> shift).view(np.int64),
+    )
+
+    word = _WORD_BYTES[buf[: length + 1]]
+    edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # padding: never a word at 0 or the end
+    starts = edges[0::2]
+    ends = edges[1::2]
+    # a word's code: the sum of 32-bit mixes of the trigrams from the byte before it
+    # to its last byte (order-sensitive through the overlapping trigrams)
+    part = np.zeros(length + 1, dtype=np.uint64)
+    np.cumsum((h3[:length] * _KWORD_PART) >> _THIRTY_TWO, out=part[1:])
+    code = part[ends - 1] - part[starts - 1]
+    unigrams = ((code * _KUNI) >> shift).view(np.int64)
+    bigrams = (((code[:-1] * _KBI_LEFT + code[1:]) * _KBI) >> shift).view(np.int64)
+    if len(units) == 1:
+        bigram_ok = np.ones(len(code) - 1, dtype=bool)
+        text_blocks = np.array([0, (length + stride - 1) // stride], dtype=np.int64)
+        block_starts = np.arange(0, length, stride, dtype=np.int64)
+    else:
+        unit_starts = np.zeros(len(units) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=unit_starts[1:])
+        owner = np.searchsorted(unit_starts, starts, side="right")
+        bigram_ok = owner[:-1] == owner[1:]
+        per_text = (lengths + stride - 1) // stride
+        text_blocks = np.zeros(len(units) + 1, dtype=np.int64)
+        np.cumsum(per_text, out=text_blocks[1:])
+        local = np.arange(int(text_blocks[-1]), dtype=np.int64)
+        local -= np.repeat(text_blocks[:-1], per_text)
+        block_starts = np.repeat(unit_starts[:-1], per_text) + local * stride
+    return Hashed(
+        length=length,
+        buckets=buckets,
+        words=starts.astype(np.int64),
+        unigrams=unigrams,
+        bigrams=bigrams,
+        bigram_ok=bigram_ok,
+        block_starts=block_starts,
+        text_blocks=text_blocks,
+    )
+
+
+def window_sums(sums: F32, counts: I64, text_blocks: I64) -> tuple[F32, I64, I64]:
+    """Per block k: the sums and counts of the window that starts there (blocks k and k + 1).
+
+    A text of one block has that block as its window; the last block of a
+    longer text starts no window (its count is 0). Also returns each text's
+    last block.
+    """
+    last = text_blocks[1:] - 1
+    total = sums.copy()
+    total[:-1] += sums[1:]
+    n = counts.copy()
+    n[:-1] += counts[1:]
+    total[last] = sums[last]
+    n[last] = counts[last]
+    multi = last[np.diff(text_blocks) > 1]
+    n[multi] = 0
+    return total, n, last
+
+
+def _block_sums(hashed: Hashed, weights: F32) -> tuple[F32, I64]:
+    """Per block: the summed weights of its features (per label) and its feature count.
+
+    ``weights`` is label-major, ``(labels, 2**bits)``: one gather per label and
+    feature kind is much cheaper than gathering rows of a bucket-major table.
+    """
+    b3, b4, b5 = hashed.buckets
+    ok = hashed.bigram_ok
+    paired = hashed.words[:-1][ok]
+    bigrams = hashed.bigrams[ok]
+    starts = hashed.block_starts
+    sums = np.empty((len(starts), len(weights)), dtype=np.float32)
+    for k, row in enumerate(weights):
+        contrib = row.take(b3)
+        contrib += row.take(b4)
+        contrib += row.take(b5)
+        contrib[hashed.words] += row.take(hashed.unigrams)
+        contrib[paired] += row.take(bigrams)
+        sums[:, k] = np.add.reduceat(contrib, starts)
+    counts = np.full(hashed.length, 3, dtype=np.int64)  # the 3-, 4- and 5-gram of each byte
+    counts[hashed.words] += 1
+    counts[paired] += 1
+    return sums, np.add.reduceat(counts, starts)
+
+
+class Classifier:
+    """Load once, then score texts; thread-safe (scoring never mutates the model)."""
+
+    def __init__(
+        self,
+        weights: F32,
+        biases: F32,
+        thresholds: dict[str, float],
+        *,
+        stride: int,
+        power: float,
+        meta: dict[str, Any],
+    ) -> None:
+        bits = int(weights.shape[0]).bit_length() - 1
+        if weights.ndim != 2 or weights.shape != (1 << bits, len(LABELS)):
+            raise ModelError(
+                f"weights must have shape (2**bits, {len(LABELS)}), not {weights.shape}"
+            )
+        self._weights = np.ascontiguousarray(weights.T, dtype=np.float32)
+        self._biases = biases
+        self._bits = bits
+        self._stride = stride
+        self._power = np.float32(power)
+        self.thresholds = dict(thresholds)
+        self.meta = meta
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Classifier:
+        """Read a model file (default: the one shipped in ``detectors/models/``)."""
+        path = DEFAULT_MODEL if path is None else path
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+                weights = np.asarray(data["weights"], dtype=np.float32)
+        except FileNotFoundError:
+            raise ModelError(
+                f"ML model file not found: {path} (train one with "
+                "`python bench/train_classifier.py`, or reinstall llmtrail for the shipped model)"
+            ) from None
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: not an llmtrail ML model file ({exc})") from None
+        return cls._from_meta(meta, weights, path)
+
+    @classmethod
+    def _from_meta(cls, meta: Any, weights: F32, path: Path) -> Classifier:
+        """Check the JSON header of a model file and build the classifier."""
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise ModelError(
+                f"{path}: not an llmtrail ML model file (format is not {MODEL_FORMAT!r})"
+            )
+        version = meta.get("version")
+        if version != MODEL_VERSION:
+            raise ModelError(
+                f"{path}: model format version {version!r} is not supported (this llmtrail reads "
+                f"version {MODEL_VERSION}); retrain with `python bench/train_classifier.py`"
+            )
+        if tuple(meta.get("labels", ())) != LABELS:
+            raise ModelError(f"{path}: labels {meta.get('labels')!r} are not {list(LABELS)!r}")
+        try:
+            biases = np.asarray([float(meta["bias"][label]) for label in LABELS], dtype=np.float32)
+            thresholds = {label: float(meta["threshold"][label]) for label in LABELS}
+            stride = int(meta["features"]["stride"])
+            power = float(meta["features"]["scale_power"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: model header lacks or mistypes {exc}") from None
+        return cls(weights, biases, thresholds, stride=stride, power=power, meta=meta)
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def stride(self) -> int:
+        return self._stride
+
+    def score(self, text: str) -> dict[str, float]:
+        """Per-label probability that ``text`` is a prompt injection / a jailbreak."""
+        return self.score_batch([text])[0]
+
+    def score_batch(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """``score`` for many texts in one vectorised pass (same results as one by one)."""
+        return self.score_views([keyword_view(text) for text in texts])
+
+    def score_views(self, views: Sequence[str]) -> list[dict[str, float]]:
+        """Score texts that are already keyword views (the engine has them at hand)."""
+        if not views:
+            return []
+        logits, text_blocks = self._window_logits(views)
+        best = np.maximum.reduceat(logits, text_blocks[:-1], axis=0)
+        probs = 1.0 / (1.0 + np.exp(-best))
+        return [dict(zip(LABELS, row, strict=True)) for row in probs.tolist()]
+
+    def explain_views(self, views: Sequence[str]) -> list[Scores]:
+        """Scores plus, per label, the best window in characters of the keyword view."""
+        if not views:
+            return []
+        logits, text_blocks = self._window_logits(views)
+        out = []
+        stride = self._stride
+        for t, view in enumerate(views):
+            mine = logits[text_blocks[t] : text_blocks[t + 1]]
+            encoded = view.encode("utf-8", "surrogatepass")
+            scores = {}
+            spans = {}
+            for k, label in enumerate(LABELS):
+                block = int(np.argmax(mine[:, k]))
+                scores[label] = float(1.0 / (1.0 + np.exp(-mine[block, k])))
+                start = max(block * stride - PAD, 0)
+                end = max(min(block * stride + 2 * stride - PAD, len(encoded)), start)
+                spans[label] = (_chars(encoded, start), _chars(encoded, end))
+            out.append(Scores(scores, spans))
+        return out
+
+    def _window_logits(self, views: Sequence[str]) -> tuple[F32, I64]:
+        """Per block: the logits of the window starting there (-inf where none starts)."""
+        hashed = hash_features(views, self._bits, self._stride)
+        sums, counts = _block_sums(hashed, self._weights)
+        total, n, _ = window_sums(sums, counts, hashed.text_blocks)
+        scale = np.maximum(n, 1).astype(np.float32) ** -self._power
+        logits = total * scale[:, None]
+        logits += self._biases
+        logits[n == 0] = -np.inf
+        return logits, hashed.text_blocks
+
+    def findings(self, field: str, normalised: Normalised) -> list[Finding]:
+        """Findings (detector ``ml``) for one field, one per label over its threshold.
+
+        Every source of ``normalised`` is scored (the field and any decoded
+        payload); evidence is the best window mapped back to the field text.
+        """
+        sources = normalised.sources
+        explained = self.explain_views([source.kw.text for source in sources])
+        out = []
+        for label in LABELS:
+            best = max(range(len(sources)), key=lambda i: explained[i].scores[label])
+            score = explained[best].scores[label]
+            if score >= self.thresholds[label]:
+                out.append(
+                    self._finding(field, normalised.original, sources[best], explained[best], label)
+                )
+        return out
+
+    def _finding(
+        self, field: str, original: str, source: Source, scored: Scores, label: str
+    ) -> Finding:
+        start, end = source.kw.map.span(*scored.windows[label])
+        shown = excerpt(original, start, end, masked=False)
+        return Finding(
+            rule_id=f"ml-{label.replace('_', '-')}",
+            title=_TITLES[label],
+            severity="medium",
+            category=label,
+            owasp=("LLM01",),
+            detector=DETECTOR,
+            field=field,
+            evidence=(Evidence(start, end, shown),),
+            score=round(scored.scores[label], 4),
+            tags=("ml",),
+        )
+
+
+_TITLES = {
+    "prompt_injection": "ML classifier: likely prompt injection",
+    "jailbreak": "ML classifier: likely jailbreak attempt",
+}
+
+
+def _chars(encoded: bytes, offset: int) -> int:
+    """Character offset of byte ``offset`` of a UTF-8 text (a split character counts as before)."""
+    return len(encoded[:offset].decode("utf-8", "ignore"))
