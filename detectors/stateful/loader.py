@@ -404,8 +404,9 @@ class _StatefulLoader(_Loader):
         if text in ("0", 0):
             offset = 0.0
         if offset is None:
+            got = repr(text) if isinstance(text, str) else describe(at_node)
             self.error(at_node.loc, rule_id, f"'at' must be a time offset such as 0s, 90s or 2h, "
-                       f"got {describe(at_node)}")
+                       f"got {got}")
             return None
         repeat = self.count(n, "'repeat'", rule_id, 1) if (n := mapping.get("repeat")) else 1
         every = self.duration(n, "'every'", rule_id) if (n := mapping.get("every")) else 0.0
@@ -506,7 +507,10 @@ class _StatefulLoader(_Loader):
         rule_id = self.rule_id(mapping)
         kind_node = mapping.get("kind")
         kind = self.enum(kind_node, "'kind'", KIND_IDS, rule_id) if kind_node else None
-        kind_keys = KIND_KEYS[kind][0] + KIND_KEYS[kind][1] if kind else ()
+        # an unknown kind is reported once; its keys are not reported as unknown too
+        kind_keys = (KIND_KEYS[kind][0] + KIND_KEYS[kind][1] if kind else
+                     tuple(k for req, opt in KIND_KEYS.values() for k in req + opt)
+                     if kind_node is not None else ())
         allowed = COMMON_REQUIRED + COMMON_OPTIONAL + kind_keys
         for key, _ in mapping.entries:
             if key.text in allowed:
