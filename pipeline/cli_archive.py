@@ -94,7 +94,8 @@ def _trace_records(reader: Reader, chain: Chain, trace_id: str, *, topic: str | 
     catalog = load_catalog(reader.backend, chain, topic=topic)
     sids = [s.sid for s in catalog.live(topic)
             if s.in_range(from_ms, to_ms) and may_contain(s.manifest.get("traces", ""), trace_id)]
-    sids += [sid for sid in catalog.unchained() if sid.overlaps(from_ms, to_ms)]  # open ones
+    if isinstance(reader.backend, LocalBackend):  # open segments are not chained yet
+        sids += [sid for sid in catalog.unchained() if sid.overlaps(from_ms, to_ms)]
     found: list[tuple[Any, ...]] = []
     for sid in sids:
         for record in reader.records(sid):

@@ -25,19 +25,10 @@ import orjson
 import zstandard
 
 from pipeline.archive.backend import Backend
-from pipeline.archive.blocks import (
-    CODEC_NONE,
-    CODEC_ZSTD,
-    CODEC_ZSTD_AESGCM,
-    KIND_RECORDS,
-    KIND_SEAL,
-    SegmentMeta,
-    encode_block,
-    encode_records,
-)
 from pipeline.archive.catalog import Catalog, SegmentState, load_catalog
 from pipeline.archive.chain import Chain
-from pipeline.archive.crypto import KeyRing, block_aad, day_key_id
+from pipeline.archive.crypto import KeyRing
+from pipeline.archive.objstore import sealed_segment
 from pipeline.archive.reader import Reader
 from pipeline.archive.records import ArchivedRecord
 from pipeline.archive.store import COMPRESSION_LEVEL
@@ -221,26 +212,10 @@ def erase_user(backend: Backend, chain: Chain, reader: Reader, keys: KeyRing | N
 
 def _segment_bytes(state: SegmentState, kept: Iterable[ArchivedRecord],
                    keys: KeyRing | None) -> bytes:
-    """A sealed segment of ``kept`` records (one block), like the writers make."""
-    records = [r.raw() for r in kept]
-    sid = state.sid
-    first, last = records[0].offset, records[-1].offset
-    payload = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL).compress(encode_records(records))
-    codec = CODEC_ZSTD
-    if state.manifest.get("key_id"):
-        if keys is None:
-            raise RetentionError(f"{sid.relpath} is encrypted: erasure needs the archive key "
-                                 "(LLMTRAIL_ARCHIVE_KEY or LLMTRAIL_ARCHIVE_KEY_FILE)")
-        codec = CODEC_ZSTD_AESGCM
-        payload = keys.encrypt(day_key_id(sid.hour), payload,
-                               block_aad(sid.topic, sid.partition, first, last))
-    block = encode_block(KIND_RECORDS, codec, payload, count=len(records), first_offset=first,
-                         last_offset=last)
-    stamps = [r.timestamp_ms for r in records]
-    meta = SegmentMeta(topic=sid.topic, partition=sid.partition, first_offset=sid.first_offset,
-                       last_offset=last, record_count=len(records), block_count=1,
-                       min_timestamp_ms=min(stamps), max_timestamp_ms=max(stamps),
-                       data_bytes=len(block), sealed_at_ms=time.time_ns() // 1_000_000)
-    return block + encode_block(KIND_SEAL, CODEC_NONE, meta.to_json(), count=0,
-                                first_offset=sid.first_offset, last_offset=last)
-
+    """The segment rewritten with the ``kept`` records, encrypted if it was."""
+    if state.manifest.get("key_id") and keys is None:
+        raise RetentionError(f"{state.sid.relpath} is encrypted: erasure needs the archive key "
+                             "(LLMTRAIL_ARCHIVE_KEY or LLMTRAIL_ARCHIVE_KEY_FILE)")
+    cctx = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL)
+    return sealed_segment(state.sid, [r.raw() for r in kept], cctx,
+                          keys if state.manifest.get("key_id") else None)

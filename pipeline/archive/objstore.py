@@ -115,23 +115,10 @@ class ObjectArchiveStore:
                                  "appending (is another worker writing this partition?)")
 
     def _store_run(self, topic: str, partition: int, run: list[RawRecord], head: _Head) -> bool:
-        hour = run[0].timestamp_ms // MS_PER_HOUR
-        sid = SegmentId(hour, topic, partition, run[0].offset)
+        sid = SegmentId(run[0].timestamp_ms // MS_PER_HOUR, topic, partition, run[0].offset)
         first, last = run[0].offset, run[-1].offset
-        payload = self._cctx.compress(encode_records(run))
-        codec, key_id = CODEC_ZSTD, None
-        if self._keys is not None:
-            codec, key_id = CODEC_ZSTD_AESGCM, day_key_id(hour)
-            payload = self._keys.encrypt(key_id, payload, block_aad(topic, partition, first, last))
-        block = encode_block(KIND_RECORDS, codec, payload, count=len(run), first_offset=first,
-                             last_offset=last)
-        timestamps = [r.timestamp_ms for r in run]
-        meta = SegmentMeta(topic=topic, partition=partition, first_offset=first,
-                           last_offset=last, record_count=len(run), block_count=1,
-                           min_timestamp_ms=min(timestamps), max_timestamp_ms=max(timestamps),
-                           data_bytes=len(block), sealed_at_ms=time.time_ns() // 1_000_000)
-        data = block + encode_block(KIND_SEAL, CODEC_NONE, meta.to_json(), count=0,
-                                    first_offset=first, last_offset=last)
+        data = sealed_segment(sid, run, self._cctx, self._keys)
+        key_id = None if self._keys is None else day_key_id(sid.hour)
         if not self.backend.put_new(sid.relpath, data):
             head.entry = self._chain.head(topic, partition)
             if head.watermark >= first:
@@ -140,15 +127,38 @@ class ObjectArchiveStore:
         traces: set[str] = set()
         for record in run:
             traces |= trace_ids(record.value)
+        stamps = [r.timestamp_ms for r in run]
         fields = segment_fields(key=sid.relpath, data=data, count=len(run), first_offset=first,
-                                last_offset=last, min_ts_ms=meta.min_timestamp_ms,
-                                max_ts_ms=meta.max_timestamp_ms, traces=traces, key_id=key_id)
+                                last_offset=last, min_ts_ms=min(stamps), max_ts_ms=max(stamps),
+                                traces=traces, key_id=key_id)
         entry = self._chain.try_append(topic, partition, "segment", fields, head=head.entry,
                                        watermark=max(last, head.watermark))
         if entry is None:
             return False
         head.entry = entry
         return True
+
+
+def sealed_segment(sid: SegmentId, records: Sequence[RawRecord],
+                   cctx: zstandard.ZstdCompressor, keys: KeyRing | None) -> bytes:
+    """A sealed segment of ``records`` (one records block, then the seal), encrypted with the
+    day key of the segment's hour when ``keys`` is given."""
+    first, last = records[0].offset, records[-1].offset
+    payload = cctx.compress(encode_records(records))
+    codec = CODEC_ZSTD
+    if keys is not None:
+        codec = CODEC_ZSTD_AESGCM
+        payload = keys.encrypt(day_key_id(sid.hour), payload,
+                               block_aad(sid.topic, sid.partition, first, last))
+    block = encode_block(KIND_RECORDS, codec, payload, count=len(records), first_offset=first,
+                         last_offset=last)
+    stamps = [r.timestamp_ms for r in records]
+    meta = SegmentMeta(topic=sid.topic, partition=sid.partition, first_offset=sid.first_offset,
+                       last_offset=last, record_count=len(records), block_count=1,
+                       min_timestamp_ms=min(stamps), max_timestamp_ms=max(stamps),
+                       data_bytes=len(block), sealed_at_ms=time.time_ns() // 1_000_000)
+    return block + encode_block(KIND_SEAL, CODEC_NONE, meta.to_json(), count=0,
+                                first_offset=sid.first_offset, last_offset=last)
 
 
 def _new_runs(records: list[RawRecord],
