@@ -7,8 +7,12 @@ API) and must be reported with the segment or entry and what is wrong, with exit
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -21,6 +25,7 @@ from pipeline.cli_archive import verify_command
 from pipeline.settings import Secret, Settings
 from tests.s3_helpers import T0, TOPIC, event, fill
 
+REPO = Path(__file__).resolve().parents[2]
 EVENTS = [event(i, trace=f"t-{i % 5}", minutes=i * 6) for i in range(40)]  # 4 hours
 
 
@@ -178,3 +183,26 @@ def test_window_arguments_are_checked() -> None:
     assert parse_time("6h", now=T0) == int((T0 - timedelta(hours=6)).timestamp() * 1000)
     with pytest.raises(UsageError, match="'yesterday' is not a time"):
         parse_time("yesterday")
+
+
+def _cli(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "archive", *argv], env=env,
+                          capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+
+
+def test_the_command_as_a_user_runs_it(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    fill(settings, EVENTS)
+    ok = _cli(settings, "verify")
+    assert (ok.returncode, ok.stdout.splitlines()[-1][:3]) == (0, "OK:")
+    backend = open_backend(settings)
+    _flip_byte(backend, segment_keys(backend)[0])
+    broken = _cli(settings, "verify")
+    assert broken.returncode == 1
+    assert "SHA-256 does not match its manifest (bytes altered)" in broken.stdout
+    bad = _cli(settings.replace(archive_backend="s3"), "verify")
+    assert bad.returncode == 2
+    assert "llmtrail: LLMTRAIL_ARCHIVE_BACKEND=s3 needs LLMTRAIL_ARCHIVE_S3_BUCKET" in bad.stderr
+    window = _cli(settings, "verify", "--from", "tomorrow")
+    assert window.returncode == 2 and "'tomorrow' is not a time" in window.stderr
