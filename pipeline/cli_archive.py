@@ -254,11 +254,17 @@ def prune_command(settings: Settings, *, days: int | None, hold_file: str | None
 
 
 def erase_command(settings: Settings, *, user: str, reason: str, out: TextIO) -> int:
+    hold = load_legal_hold(settings.archive_legal_hold_file)
+    if user in hold.users:
+        print(f"user {user} is on legal hold ({settings.archive_legal_hold_file}): nothing "
+              "erased; lift the hold first", file=out)
+        return EXIT_PROBLEMS
     backend = open_backend(settings)
     _seal_local(settings, backend)
     reader = Reader(backend, key_ring(settings, backend))
     result = erase_user(backend, open_chain(settings, backend), reader, reader.keys, user,
-                        salt=settings.fingerprint_salt.reveal().encode(), reason=reason)
+                        salt=settings.fingerprint_salt.reveal().encode(), reason=reason,
+                        hold=hold)
     if not result.removed:
         print(f"no archived events of user {user}", file=out)
         return EXIT_OK

@@ -164,24 +164,29 @@ class EraseResult:
     subject: str = ""
 
 
-def _belongs(record: ArchivedRecord, user_id: str, needle: bytes) -> bool:
+def _erasable(record: ArchivedRecord, user_id: str, needle: bytes, hold: LegalHold) -> bool:
+    """Whether the record is an event of ``user_id`` outside any trace on legal hold."""
     if needle not in record.value and b"\\u" not in record.value:
         return False  # cheap pre-filter; an escaped id falls through to the parse
-    user = _event(record.value).get("user")
-    return isinstance(user, dict) and user.get("id") == user_id
+    event = _event(record.value)
+    user = event.get("user")
+    return (isinstance(user, dict) and user.get("id") == user_id
+            and event.get("trace_id") not in hold.traces)
 
 
 def erase_user(backend: Backend, chain: Chain, reader: Reader, keys: KeyRing | None,
-               user_id: str, *, salt: bytes, reason: str) -> EraseResult:
+               user_id: str, *, salt: bytes, reason: str,
+               hold: LegalHold = LegalHold()) -> EraseResult:
     """Rewrite every chained segment without ``user_id``'s events and record it per partition.
 
-    Open (unsealed) local segments are not touched: the caller seals them first."""
+    Events in traces on legal hold are kept (a hold on the user itself is the caller's to
+    refuse). Open (unsealed) local segments are not touched: the caller seals them first."""
     result = EraseResult(subject=subject_hash(user_id, salt))
     needle = orjson.dumps(user_id)[1:-1]
     rewrites: dict[tuple[str, int], list[tuple[SegmentState, bytes | None, dict[str, Any]]]] = {}
     for state in load_catalog(backend, chain).live():
         records = list(reader.records(state.sid))
-        kept = [r for r in records if not _belongs(r, user_id, needle)]
+        kept = [r for r in records if not _erasable(r, user_id, needle, hold)]
         if len(kept) == len(records):
             continue
         change: dict[str, Any] = {"segment": state.sid.relpath, "sha256": None, "count": 0,

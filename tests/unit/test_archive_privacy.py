@@ -234,3 +234,18 @@ def test_reader_time_window(any_settings: Settings) -> None:
     got = [r.event_id for r in open_reader(any_settings).iter(from_ms=start,
                                                                to_ms=start + 3_600_000)]
     assert sorted(got) == ["e-2", "e-3"]  # type: ignore[type-var]
+
+
+def test_erase_respects_legal_holds(any_settings: Settings, tmp_path: Path) -> None:
+    hold = tmp_path / "hold.txt"
+    hold.write_text("trace:t-case\nuser:u-held\n")
+    settings = any_settings.replace(archive_legal_hold_file=str(hold))
+    fill(settings, [event(0, user="u-gone", trace="t-case"), event(1, user="u-gone"),
+                    event(2, user="u-held")])
+    out = io.StringIO()
+    assert erase_command(settings, user="u-held", reason="r", out=out) == 1
+    assert "user u-held is on legal hold" in out.getvalue()
+    out = io.StringIO()
+    assert erase_command(settings, user="u-gone", reason="r", out=out) == 0
+    assert "erased 1 events of user u-gone" in out.getvalue()
+    assert sorted(orjson.loads(x)["event_id"] for x in cat_lines(settings)) == ["e-0", "e-2"]
