@@ -9,6 +9,7 @@ that is present.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable
@@ -19,19 +20,25 @@ BITS_PER_ID = 10
 HASHES = 7
 MIN_BITS = 64
 
-# The top-level "trace_id" of an Event v1 and any nested one: a superset is what a filter needs.
-_TRACE_RE = re.compile(rb'"trace_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# After a "trace_id" key: its string value. Every occurrence counts (the top-level one and any
+# nested one): a superset is what a filter needs.
+_KEY = b'"trace_id"'
+_VALUE_RE = re.compile(rb'\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def trace_ids(value: bytes) -> set[str]:
     """Every string value of a ``"trace_id"`` key in a raw event (empty if there is none)."""
     found: set[str] = set()
-    for match in _TRACE_RE.finditer(value):
-        raw = match.group(1)
-        try:
-            found.add(orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode())
-        except (orjson.JSONDecodeError, UnicodeDecodeError):
-            continue
+    at = value.find(_KEY)
+    while at >= 0:
+        at += len(_KEY)
+        match = _VALUE_RE.match(value, at)
+        if match:
+            raw = match.group(1)
+            # Not a valid JSON string after all: then it is no trace id.
+            with contextlib.suppress(orjson.JSONDecodeError, UnicodeDecodeError):
+                found.add(orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode())
+        at = value.find(_KEY, at)
     return found
 
 
