@@ -84,13 +84,27 @@ def load_detector(settings: Settings) -> StatefulDetector:
 
 
 def _encode(observations: list[Observation], alerts: list[PatternAlert]) -> bytes:
-    return orjson.dumps({"o": [list(o) for o in observations], "a": [list(a) for a in alerts]})
+    """One stage-two record: each event's id, time and meta once, observations by index."""
+    index: dict[str, int] = {}
+    events: list[list[Any]] = []
+    compact: list[list[Any]] = []
+    for obs in observations:
+        at = index.get(obs.event_id)
+        if at is None:
+            at = index[obs.event_id] = len(events)
+            events.append([obs.event_id, obs.ts, *obs.meta])
+        compact.append([obs.rule, obs.key, at, obs.payload])
+    return orjson.dumps({"e": events, "o": compact, "a": [list(a) for a in alerts]})
 
 
 def _decode(raw: bytes) -> tuple[list[Observation], list[PatternAlert]]:
     body = orjson.loads(raw)
-    return ([Observation(*item) for item in body["o"]],
-            [PatternAlert(*item) for item in body["a"]])
+    events = [(item[0], item[1], tuple(item[2:])) for item in body["e"]]
+    observations = []
+    for rule, key, at, payload in body["o"]:
+        event_id, ts, meta = events[at]
+        observations.append(Observation(rule, key, ts, event_id, payload, meta))
+    return observations, [PatternAlert(*item) for item in body["a"]]
 
 
 class StatefulStage:
@@ -146,7 +160,7 @@ class StatefulStage:
                 kept.append(Outgoing(settings.deadletter_topic, msg.key,
                                      dead_letter(msg, reason, stage="stateful",
                                                  failed_at=utc_now())))
-        return kept, await self._send(observations, items)
+        return kept, await self._send(detector.compact(observations), items)
 
     async def _send(self, observations: list[Observation], items: list[PatternAlert]
                     ) -> list[Awaitable[Any]]:

@@ -61,6 +61,10 @@ def state_key(rule_id: str, key: str) -> str:
 class Kind:
     id: ClassVar[str]
 
+    def compact(self, rule: StatefulRule, observations: list[Observation]) -> list[Observation]:
+        """Stage one's chance to merge a batch's observations of the rule before they are sent."""
+        return observations
+
     def apply(
         self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
     ) -> list[Fired]:
@@ -249,7 +253,16 @@ def _metric(aggregate: str, agg: list[Any]) -> float | None:
     return None
 
 
-def _add(aggregate: str, agg: list[Any], value: float) -> None:
+def _add(aggregate: str, agg: list[Any], value: float | list[Any]) -> None:
+    """Add one value, or a partial aggregate ``[n, sum or histogram]`` merged in stage one."""
+    if isinstance(value, list):
+        agg[0] += value[0]
+        if aggregate == "p95":
+            for bin_text, hits in value[1].items():
+                agg[1][bin_text] = agg[1].get(bin_text, 0) + hits
+        else:
+            agg[1] += value[1]
+        return
     agg[0] += 1
     if aggregate == "p95":
         bin_text = str(math.ceil(math.log(value, _P95_BASE)) if value > 1 else 0)
@@ -272,6 +285,21 @@ class Baseline(Kind):
 
     id = "baseline"
 
+    def compact(self, rule: StatefulRule, observations: list[Observation]) -> list[Observation]:
+        """One observation per (key, bucket) carrying the partial aggregate, stamped with the
+        last event of it: a burst inside one batch is then judged on the batch's total."""
+        spec = rule.spec
+        assert isinstance(spec, BaselineSpec)
+        if spec.aggregate == "each" or len(observations) < 2:
+            return observations
+        merged: dict[tuple[str, int], tuple[list[Any], Observation]] = {}
+        for obs in observations:
+            slot = (obs.key, int(obs.ts // spec.bucket))
+            partial, last = merged.get(slot) or (_empty(spec.aggregate), obs)
+            _add(spec.aggregate, partial, float(obs.payload))
+            merged[slot] = (partial, obs if obs.ts >= last.ts else last)
+        return [last._replace(payload=partial) for partial, last in merged.values()]
+
     def apply(
         self, rule: StatefulRule, key: str, observations: Sequence[Observation], states: BatchState
     ) -> list[Fired]:
@@ -281,8 +309,8 @@ class Baseline(Kind):
         state = states.get(skey) or {"b": None, "agg": None, "ewma": None, "n": 0, "fired": None}
         fired: list[Fired] = []
         for obs in observations:
-            value = float(obs.payload)
             if spec.aggregate == "each":
+                value = float(obs.payload)
                 baseline = state["ewma"]
                 if self._fires(spec, value, baseline, state["n"], 1):
                     fired.append(self._fired(spec, key, obs, metric=value, baseline=baseline,
@@ -298,7 +326,8 @@ class Baseline(Kind):
                 self._close(spec, state, bucket)
             elif bucket < state["b"]:
                 continue  # late for a closed bucket
-            _add(spec.aggregate, state["agg"], value)
+            _add(spec.aggregate, state["agg"],
+                 obs.payload if isinstance(obs.payload, list) else float(obs.payload))
             if state["fired"] == bucket:
                 continue
             metric = _metric(spec.aggregate, state["agg"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,7 @@ from detectors.stateful.model import (
     SequenceSpec,
     StatefulRule,
     StatefulRuleSet,
+    ThresholdSpec,
 )
 from detectors.stateful.times import event_time
 
@@ -40,6 +42,17 @@ def _no_context(_user: str) -> Mapping[str, Any] | None:
 
 
 def first_value(event: Mapping[str, Any], segments: Sequence[str]) -> Any:
+    """The first scalar under a selector (a plain walk through mappings, else the full resolver)."""
+    node: Any = event
+    for segment in segments:
+        if not isinstance(node, dict):
+            break
+        node = node.get(segment)
+        if node is None:
+            return None
+    else:
+        if isinstance(node, str | int | float | bool):
+            return node
     values, _ = values_at(event, segments)
     return values[0] if values else None
 
@@ -97,20 +110,41 @@ def new_geo(event: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, A
     return {"geo": geo, "usual_geo": list(usual)}
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """One event as the payload makers see it (built once per event)."""
+
+    event: Mapping[str, Any]
+    findings: Sequence[FindingView]
+    category: str | None
+    ts: float
+    context: UserContext
+    user_id: Any
+
+
+Payloads = list[tuple[str, Any]]
+_MISSING = object()
+
+
 class Observer:
     """The stage-one program of a stateful rule set (build once per rule set)."""
 
     def __init__(self, ruleset: StatefulRuleSet) -> None:
         self.ruleset = ruleset
         enabled = [rule for rule in ruleset.rules if rule.enabled]
-        # kind -> (rules that need a finding, rules that do not)
-        self._by_kind: dict[str, tuple[list[StatefulRule], list[StatefulRule]]] = {}
+        makers: dict[type, Callable[[StatefulRule, _View, str], Payloads]] = {
+            ThresholdSpec: self._threshold, DistinctSpec: self._distinct,
+            SequenceSpec: self._sequence, BaselineSpec: self._baseline,
+            ProfileSpec: self._profile, CampaignSpec: self._campaign,
+        }
+        # kind -> (plans of rules that need a finding, plans of those that do not); a plan is
+        # (rule, whether its match is only the kind test, its payload maker)
+        self._by_kind: dict[str, tuple[list[_Plan], list[_Plan]]] = {}
         for kind in _KINDS:
-            takes = [r for r in enabled if not r.match.kinds or kind in r.match.kinds]
-            self._by_kind[kind] = (
-                [r for r in takes if _needs_finding(r)],
-                [r for r in takes if not _needs_finding(r)],
-            )
+            plans = [(r, _kind_only(r), makers[type(r.spec)]) for r in enabled
+                     if not r.match.kinds or kind in r.match.kinds]
+            self._by_kind[kind] = ([p for p in plans if _needs_finding(p[0])],
+                                   [p for p in plans if not _needs_finding(p[0])])
         self._categories = tuple(
             (name, patterns) for name, patterns in ruleset.tool_categories.items()
         )
@@ -139,8 +173,8 @@ class Observer:
         groups = self._by_kind.get(event.get("kind"))  # type: ignore[arg-type]
         if groups is None:
             return []
-        rules = groups[1] + groups[0] if findings else groups[1]
-        if not rules:
+        plans = groups[1] + groups[0] if findings else groups[1]
+        if not plans:
             return []
         ts = event_time(event["ts"])
         user = event.get("user")
@@ -148,70 +182,95 @@ class Observer:
         meta = (event.get("trace_id"), event.get("kind"), event.get("ts"), user_id,
                 event.get("service"))
         category = self.tool_category(event) if self._categories else None
+        view = _View(event, findings, category, ts, context, user_id)
+        event_id = event["event_id"]
+        keys: dict[tuple[str, ...], Any] = {}
         out: list[Observation] = []
-        for rule in rules:
-            prints = rule.match.fingerprints(event, findings, category)
-            if prints is None:
+        for rule, kind_only, maker in plans:
+            if not kind_only and rule.match.fingerprints(event, findings, category) is None:
                 continue
-            key = first_value(event, rule.by)
+            key = keys.get(rule.by, _MISSING)
+            if key is _MISSING:
+                key = keys[rule.by] = first_value(event, rule.by)
             if key is None:
                 continue
-            for route, payload in self._payloads(rule, event, findings, category=category,
-                                                 ts=ts, context=context, key=str(key),
-                                                 user_id=user_id):
-                out.append(Observation(rule.id, route, ts, event["event_id"], payload, meta))
+            for route, payload in maker(rule, view, str(key)):
+                out.append(Observation(rule.id, route, ts, event_id, payload, meta))
         return out
 
-    def _payloads(
-        self, rule: StatefulRule, event: Mapping[str, Any], findings: Sequence[FindingView], *,
-        category: str | None, ts: float, context: UserContext, key: str, user_id: Any,
-    ) -> list[tuple[str, Any]]:
-        spec = rule.spec
-        if isinstance(spec, DistinctSpec):
-            value = first_value(event, spec.field)
-            return [] if value is None else [(key, value)]
-        if isinstance(spec, SequenceSpec):
-            steps = []
-            for index, step in enumerate(spec.steps):
-                prints = step.predicate.fingerprints(event, findings, category)
-                if prints is not None:
-                    steps.append([index, sorted(set(prints))])
-            return [(key, steps)] if steps else []
-        if isinstance(spec, BaselineSpec):
-            value = self._measure(spec, event)
-            return [] if value is None else [(key, value)]
-        if isinstance(spec, ProfileSpec):
-            profile = context(user_id) if isinstance(user_id, str) else None
-            if profile is None:
-                return []
-            detail = off_hours(ts, profile) if spec.check == "off_hours" else new_geo(
-                event, profile)
-            return [] if detail is None else [(key, detail)]
-        if isinstance(spec, CampaignSpec):
-            text = first_value(event, spec.field)
-            if not isinstance(text, str) or len(text) < spec.min_chars:
-                return []
-            if spec.similarity == "exact":
-                single = exact_fingerprint(text)
-                return [] if single is None else [(single, [key, [single]])]
-            bands = near_fingerprints(text)
-            return [(rule.id, [key, bands])] if bands else []
-        return [(key, 1)]  # threshold
+    @staticmethod
+    def _threshold(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        return [(key, 1)]
 
     @staticmethod
-    def _measure(spec: BaselineSpec, event: Mapping[str, Any]) -> float | None:
-        if spec.value is None:
-            return 1.0
-        value = first_value(event, spec.value)
-        if spec.aggregate == "rate":  # a share of events: absent or false counts as 0
-            return 1.0 if value is True or (isinstance(value, int | float) and value) else 0.0
-        if spec.measure == "length":
-            return float(len(value)) if isinstance(value, str) else None
-        if isinstance(value, bool):
-            return 1.0 if value else 0.0
-        if isinstance(value, int | float):
-            return float(value)
-        return None
+    def _distinct(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        assert isinstance(rule.spec, DistinctSpec)
+        value = first_value(view.event, rule.spec.field)
+        return [] if value is None else [(key, value)]
+
+    @staticmethod
+    def _sequence(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        assert isinstance(rule.spec, SequenceSpec)
+        steps = []
+        for index, step in enumerate(rule.spec.steps):
+            prints = step.predicate.fingerprints(view.event, view.findings, view.category)
+            if prints is not None:
+                steps.append([index, sorted(set(prints))])
+        return [(key, steps)] if steps else []
+
+    @staticmethod
+    def _baseline(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        assert isinstance(rule.spec, BaselineSpec)
+        value = _measure(rule.spec, view.event)
+        return [] if value is None else [(key, value)]
+
+    @staticmethod
+    def _profile(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        assert isinstance(rule.spec, ProfileSpec)
+        user_id = view.user_id
+        profile = view.context(user_id) if isinstance(user_id, str) else None
+        if profile is None:
+            return []
+        detail = (off_hours(view.ts, profile) if rule.spec.check == "off_hours"
+                  else new_geo(view.event, profile))
+        return [] if detail is None else [(key, detail)]
+
+    @staticmethod
+    def _campaign(rule: StatefulRule, view: _View, key: str) -> Payloads:
+        spec = rule.spec
+        assert isinstance(spec, CampaignSpec)
+        text = first_value(view.event, spec.field)
+        if not isinstance(text, str) or len(text) < spec.min_chars:
+            return []
+        if spec.similarity == "exact":
+            single = exact_fingerprint(text)
+            return [] if single is None else [(single, [key, [single]])]
+        bands = near_fingerprints(text)
+        return [(rule.id, [key, bands])] if bands else []
+
+
+_Plan = tuple[StatefulRule, bool, Callable[[StatefulRule, _View, str], Payloads]]
+
+
+def _measure(spec: BaselineSpec, event: Mapping[str, Any]) -> float | None:
+    if spec.value is None:
+        return 1.0
+    value = first_value(event, spec.value)
+    if spec.aggregate == "rate":  # a share of events: absent or false counts as 0
+        return 1.0 if value is True or (isinstance(value, int | float) and value) else 0.0
+    if spec.measure == "length":
+        return float(len(value)) if isinstance(value, str) else None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _kind_only(rule: StatefulRule) -> bool:
+    match = rule.match
+    return (match.finding is None and match.no_finding is None and not match.tool_categories
+            and not match.where)
 
 
 def _needs_finding(rule: StatefulRule) -> bool:

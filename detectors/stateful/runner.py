@@ -128,6 +128,17 @@ class StatefulDetector:
     ) -> list[Observation]:
         return self._observer.observe(event, findings, context)
 
+    def compact(self, observations: list[Observation]) -> list[Observation]:
+        """A batch's observations with the ones a kind can merge merged (see ``Kind.compact``)."""
+        by_rule: dict[str, list[Observation]] = {}
+        for obs in observations:
+            by_rule.setdefault(obs.rule, []).append(obs)
+        out: list[Observation] = []
+        for rule_id, items in by_rule.items():
+            rule = self._rules.get(rule_id)
+            out += KINDS[rule.kind].compact(rule, items) if rule is not None else items
+        return out
+
     def policy(self, rule_id: str) -> HygienePolicy | None:
         if rule_id not in self._policies:
             self._policies[rule_id] = next(
@@ -220,6 +231,6 @@ class StatefulDetector:
         observations: list[Observation] = []
         for event, findings in scanned:
             observations += self.observe(event, findings, context)
-        return self.apply(observations, (), store or MemoryStore(), scope="0", context=context,
-                          detected_at=detected_at)
+        return self.apply(self.compact(observations), (), store or MemoryStore(), scope="0",
+                          context=context, detected_at=detected_at)
 

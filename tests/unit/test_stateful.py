@@ -467,3 +467,23 @@ def test_shipped_stateful_rules_pass_their_scenarios() -> None:
         assert kinds == {"fire", "no_fire"}, rule.id
     engine = Engine(load_rules([REPO / "rules"]), use_hyperscan=False)
     assert [str(f) for f in run_scenarios(rules, engine)] == []
+
+
+def test_stage_two_records_round_trip(tmp_path: Path) -> None:
+    from detectors.stateful import Observation, PatternAlert
+    from pipeline.stateful import _decode, _encode
+
+    meta = ("t-1", "prompt", "2026-01-05T09:00:00.000Z", "u-1", "bot")
+    observations = [Observation("r", "u-1", START, "e1", 1, meta),
+                    Observation("s", "u-1", START, "e1", [[0, ["fp"]]], meta),
+                    Observation("r", "u-2", START + 1, "e2", [3, 4.5], meta)]
+    alerts = [PatternAlert("rf-x", "u-1", START, refusal_alert(0))]
+    assert _decode(_encode(observations, alerts)) == (observations, alerts)
+
+
+def test_baseline_batches_are_compacted_per_key_and_bucket(tmp_path: Path) -> None:
+    detector = StatefulDetector(volume(tmp_path))
+    observations = [o for i in range(30) for o in detector.observe(ev(i * 60), [], {}.get)]
+    compacted = detector.compact(observations)
+    assert [(o.event_id, o.payload) for o in compacted] == [
+        (observations[-1].event_id, [30, 0.0])]
