@@ -190,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ml.DEFAULT_MODEL)
     ap.add_argument("--metrics", type=Path, default=None, help="default: next to --out")
     ap.add_argument("--bits", type=int, default=18)
-    ap.add_argument("--stride", type=int, default=512, help="bytes per block (window = 2 blocks)")
+    ap.add_argument("--stride", type=int, default=128, help="bytes per block (window = 2 blocks)")
     ap.add_argument(
-        "--power", type=float, default=0.75, help="window vector = counts / n_features**power"
+        "--power", type=float, default=0.5, help="window vector = counts / n_features**power"
     )
     ap.add_argument(
         "--max-fpr",
