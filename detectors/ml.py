@@ -152,7 +152,7 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     unigrams = ((code * _KUNI) >> shift).view(np.int64)
     bigrams = (((code[:-1] * _KBI_LEFT + code[1:]) * _KBI) >> shift).view(np.int64)
     if len(units) == 1:
-        bigram_ok = np.ones(len(code) - 1, dtype=bool)
+        bigram_ok = np.ones(max(len(code) - 1, 0), dtype=bool)
         text_blocks = np.array([0, (length + stride - 1) // stride], dtype=np.int64)
         block_starts = np.arange(0, length, stride, dtype=np.int64)
     else:
@@ -261,7 +261,14 @@ class Classifier:
                 f"ML model file not found: {path} (train one with "
                 "`python bench/train_classifier.py`, or reinstall llmtrail for the shipped model)"
             ) from None
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        except (
+            KeyError,
+            ValueError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+            UnicodeDecodeError,
+        ) as exc:
             raise ModelError(f"{path}: not an llmtrail ML model file ({exc})") from None
         return cls._from_meta(meta, weights, path)
 
