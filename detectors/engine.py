@@ -41,7 +41,8 @@ from detectors.model import (
     ValueLeaf,
     iter_nodes,
 )
-from detectors.normalise import Limits, Normalised, SpanMap, normalise
+from detectors.normalise import Limits, Normalised, SpanMap, View, normalise
+from detectors.prefilter import SHARED, PrefilterBank, scannable
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000
@@ -128,7 +129,12 @@ class _Program:
                         if id(pattern) not in self.pattern_ids:
                             self.pattern_ids[id(pattern)] = len(patterns)
                             patterns.append(pattern)
-        self.matcher = Matcher(keyword_leaves, patterns, use_hyperscan=options.use_hyperscan)
+        self.matcher = Matcher(
+            keyword_leaves, patterns, use_hyperscan=options.use_hyperscan, cache=options.prefilter
+        )
+        self.prefilter = options.prefilter if self.matcher.uses_hyperscan else None
+        if self.prefilter is not None:
+            self.prefilter.prepare(p.source for p in patterns)
         self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
         self.regex_timeouts = 0
 
@@ -200,7 +206,9 @@ class _Program:
         triggered: set[int] = set()
         for source in norm.sources:
             scan = self.matcher.keywords(source.kw.text)
-            candidates = self.matcher.candidates(source, scan.gated, plan.unconditional)
+            candidates = self.matcher.candidates(
+                source, scan.gated, plan.unconditional, scan.present
+            )
             item.scans.append(scan)
             item.candidates.append(candidates)
             for keyword_id in scan.spans:
@@ -247,6 +255,7 @@ class _Evaluation:
         self.cache: dict[int, list[Hit] | None] = {}
         self.timeout = program.options.regex_timeout
         self.selected: dict[int, list[tuple[int, _Field]]] = {}
+        self.scanned: dict[int, bytes | None] = {}  # id(view) -> what a prefilter scans
 
     def node(self, node: Node) -> list[Hit] | None:
         if isinstance(node, AnyOf):
@@ -312,18 +321,10 @@ class _Evaluation:
                     pattern_id = self.program.pattern_ids[id(pattern)]
                     if pattern_id not in candidates:
                         continue
-                    anchored = bool(pattern.gate.starts) and pattern_id not in scan.overflow
-                    starts = scan.starts.get(pattern_id, [])
                     for view in source.regex_views:
-                        windows = None
-                        if view.from_kw is not None and not anchored:
-                            windows = _windows(pattern, scan, view.from_kw, len(view.text))
-                        if anchored and view.from_kw is not None:
-                            found = self._run_at(pattern, view.text, view.from_kw, starts, leaf)
-                        elif windows is not None:
-                            found = self._run_windows(pattern, view.text, windows, leaf)
-                        else:
-                            found = self._run(pattern, view.text, leaf)
+                        if not self._may_match(pattern, view):
+                            continue
+                        found = self._matches(pattern, pattern_id, leaf, scan, view)
                         for start, end, value in found:
                             span = view.map.span(start, end)
                             if (index, *span) in seen:
@@ -333,6 +334,30 @@ class _Evaluation:
                             if hit is not None:
                                 hits.append(hit)
         return hits or None
+
+    def _matches(
+        self, pattern: Pattern, pattern_id: int, leaf: RegexLeaf, scan: KeywordScan, view: View
+    ) -> list[tuple[int, int, str]]:
+        """The pattern's matches in a view: at its start literals, in windows, or everywhere."""
+        if view.from_kw is None:
+            return self._run(pattern, view.text, leaf)
+        starts = scan.starts(pattern_id) if pattern.gate.starts else None
+        if starts is not None:
+            return self._run_at(pattern, view.text, view.from_kw, starts, leaf)
+        windows = _windows(pattern, scan, view.from_kw, len(view.text))
+        if windows is not None:
+            return self._run_windows(pattern, view.text, windows, leaf)
+        return self._run(pattern, view.text, leaf)
+
+    def _may_match(self, pattern: Pattern, view: View) -> bool:
+        prefilter = self.program.prefilter
+        if prefilter is None or not prefilter.ready(pattern.source):
+            return True
+        key = id(view)
+        if key not in self.scanned:
+            self.scanned[key] = scannable(view.text)
+        data = self.scanned[key]
+        return data is None or prefilter.may_match(pattern.source, data)
 
     def _accept(self, match: Any, pattern: Pattern, leaf: RegexLeaf) -> tuple[int, int] | None:
         """The evidence span of a match, or None if the leaf's validator rejects it."""
@@ -457,15 +482,20 @@ def _windows(
     occurrences of the set seen least often, ``max_width`` wide on each side
     (``REGEX_WINDOW`` when the pattern's width is unbounded), and merged.
     """
-    if pattern.gate.kind != "ac":
+    gate = pattern.gate
+    if gate.kind == "ac":
+        sets, recorded = gate.sets, True
+    elif gate.kind == "substring":
+        sets, recorded = gate.checks, False
+    else:
         return None
     width = pattern.max_width if pattern.max_width is not None else REGEX_WINDOW
     width = min(width, REGEX_WINDOW)
     best: list[tuple[int, int]] | None = None
-    for alternatives in pattern.gate.sets:
+    for alternatives in sets:
         spans: list[tuple[int, int]] = []
         for literal in alternatives:
-            ends = scan.literal_ends.get(literal, ())
+            ends = scan.literal_ends(literal, recorded)
             if len(ends) > MAX_LITERAL_ENDS:
                 break
             spans.extend((end - len(literal) + 1, end + 1) for end in ends)
@@ -534,14 +564,19 @@ class _Options:
     use_hyperscan: bool
     include_disabled: bool
     limits: Limits
+    prefilter: PrefilterBank
 
 
 class Engine:
     """Scan Event v1 mappings against a compiled rule set.
 
     ``use_hyperscan``: None picks Hyperscan when it is installed; False forces
-    the pure-Python prefilter. ``include_disabled`` also runs rules with
-    ``enabled: false`` (used by ``rules test``). Thread-safe: ``swap`` builds
+    the pure-Python prefilter. With Hyperscan, each regex also gets its own
+    prefilter database (see :mod:`detectors.prefilter`), built in the
+    background by ``prefilter`` (the process-wide bank by default); scans
+    before it is ready give the same findings, only slower.
+    ``include_disabled`` also runs rules with ``enabled: false`` (used by
+    ``rules test``). Thread-safe: ``swap`` builds
     the new program completely, then replaces one reference; a scan uses the
     program it started with.
     """
@@ -557,6 +592,7 @@ class Engine:
         use_hyperscan: bool | None = None,
         include_disabled: bool = False,
         limits: Limits | None = None,
+        prefilter: PrefilterBank | None = None,
     ) -> None:
         self._salt = salt
         self._options = _Options(
@@ -566,6 +602,7 @@ class Engine:
             use_hyperscan=hyperscan_available() if use_hyperscan is None else use_hyperscan,
             include_disabled=include_disabled,
             limits=limits or Limits(),
+            prefilter=prefilter or SHARED,
         )
         self._program = _Program(ruleset, self._options)
 
@@ -586,6 +623,11 @@ class Engine:
     def regex_timeouts(self) -> int:
         """Regex runs cut short by ``regex_timeout`` since the last swap."""
         return self._program.regex_timeouts
+
+    def warm(self, timeout: float | None = None) -> bool:
+        """Wait until the per-regex prefilters are built (False on timeout; True without them)."""
+        program = self._program
+        return program.prefilter is None or program.prefilter.wait(timeout)
 
     def swap(self, ruleset: RuleSet) -> None:
         """Compile ``ruleset`` and make it the one every later scan uses."""

@@ -1,24 +1,30 @@
-"""Multi-pattern matching: one Aho-Corasick automaton plus a regex prefilter.
+"""Multi-pattern matching: one literal pass plus a regex prefilter.
 
-All keyword phrases of all rules go into one ``ahocorasick.Automaton`` run
-over the keyword view of each text. Regexes are never run blindly: a regex is
-a *candidate* for a text only if
+All keyword phrases of all rules and every gate literal go into one literal
+matcher run over the keyword view of each text: a Hyperscan literal database
+when Hyperscan is installed (it reports each literal that occurs once, and the
+few positions the engine later needs are found with ``str.find``), else one
+``ahocorasick.Automaton`` whose pass records positions as it goes. Regexes are
+never run blindly: a regex is a *candidate* for a text only if
 
-* the literals it requires were found by the same Aho-Corasick pass: the
-  loader derives from each regex's parse tree sets of literals such that every
-  match holds one literal of each set (``ignore\\s+previous`` requires
-  "ignore previous" as the keyword view spells it), and a regex runs only if
-  every set had a hit; or, for regexes without such literals,
+* the literals it requires were found by the same pass: the loader derives
+  from each regex's parse tree sets of literals such that every match holds
+  one literal of each set (``ignore\\s+previous`` requires "ignore previous"
+  as the keyword view spells it), and a regex runs only if every set had a
+  hit; or, for regexes without such literals,
 * Hyperscan (when available) reports it may match: those regexes go into one
   database compiled in prefilter mode with ``HS_FLAG_SINGLEMATCH``, which says
   *which* of them can match; or (fallback, and for regexes Hyperscan cannot
   compile) a short required literal occurs in the text, or the regex has no
   required literal at all and simply runs.
 
-Regexes with a literal anchor stay out of the Hyperscan database on purpose:
-the shared automaton already prefilters them for free, and Hyperscan's
+A candidate then still passes :mod:`detectors.prefilter` (its own Hyperscan
+prefilter) before the engine runs it.
+
+Regexes with a literal anchor stay out of the combined Hyperscan database on
+purpose: the literal pass already prefilters them for free, and Hyperscan's
 compile time grows steeply with large bounded repeats under Unicode mode
-(minutes for this repo's packs), which would stall rule reloads.
+(minutes for this repo's packs in one database), which would stall reloads.
 
 Either way the final spans come from the ``regex`` package, so both paths give
 the same findings; Hyperscan only decides what to skip.
@@ -27,14 +33,15 @@ the same findings; Hyperscan only decides what to skip.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import ahocorasick
 
 from detectors.model import KeywordLeaf, Pattern
 from detectors.normalise import Source
+from detectors.prefilter import PrefilterBank
 
 _hs: Any
 try:  # Hyperscan is optional: x86-64 wheels only
@@ -48,6 +55,7 @@ HYPERSCAN_MAX_REPEAT = 32
 
 MAX_STARTS = 64  # anchored regex attempts per pattern and text before a full run
 MAX_LITERAL_ENDS = 64  # positions kept per gate literal (for windowed regex runs)
+MIN_INDEXED_CHECK = 3  # shorter check literals are looked for with a substring test
 
 # (phrase length, needs word boundary on the left, on the right, keyword leaf
 #  ids, (pattern id, gate set index) pairs, ids of patterns that start with it,
@@ -57,13 +65,67 @@ AcValue = tuple[int, bool, bool, tuple[int, ...], tuple[tuple[int, int], ...], t
 
 @dataclass(slots=True)
 class KeywordScan:
-    """What one automaton pass over a keyword view found."""
+    """What one literal pass over a keyword view found.
 
+    The automaton path records every position during its pass; the Hyperscan
+    path only learns which literals occur (``present``) and finds positions
+    on demand, for the few patterns that get that far.
+    """
+
+    text: str
     spans: dict[int, list[tuple[int, int]]]  # keyword leaf id -> spans in the view
     gated: set[int]  # patterns whose literal gate passed
-    starts: dict[int, list[int]]  # anchored pattern id -> where its start literals are
-    overflow: set[int]  # anchored patterns with too many starts: run them in full
-    literal_ends: dict[str, list[int]]  # gate literal -> last index of each occurrence
+    present: frozenset[str] | None = None  # literals seen (Hyperscan path only)
+    indexed: frozenset[str] = frozenset()  # literals the pass looked for (Hyperscan path)
+    start_literals: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    found_starts: dict[int, list[int]] = field(default_factory=dict)
+    overflow: set[int] = field(default_factory=set)  # anchored patterns with too many starts
+    found_ends: dict[str, list[int]] = field(default_factory=dict)
+
+    def starts(self, pattern_id: int) -> list[int] | None:
+        """Where the pattern's start literals are; None if too many (run it in full)."""
+        if pattern_id in self.overflow:
+            return None
+        found = self.found_starts.get(pattern_id)
+        if found is None and self.present is not None:
+            found = []
+            for literal in self.start_literals.get(pattern_id, ()):
+                if literal in self.present:
+                    found.extend(occurrences(self.text, literal, MAX_STARTS + 1))
+            if len(found) > MAX_STARTS:
+                self.overflow.add(pattern_id)
+                return None
+            self.found_starts[pattern_id] = found
+        return found or []
+
+    def literal_ends(self, literal: str, recorded: bool = True) -> Sequence[int]:
+        """Last index of each occurrence of a literal (at most ``MAX_LITERAL_ENDS + 1``).
+
+        ``recorded``: the literal is a gate literal, whose ends the automaton
+        pass recorded; others (check literals) are looked for here.
+        """
+        found = self.found_ends.get(literal)
+        if found is not None:
+            return found
+        if self.present is not None:  # Hyperscan path: skip what its pass saw absent
+            if literal in self.indexed and literal not in self.present:
+                return ()
+        elif recorded:  # the automaton recorded every gate literal it saw
+            return ()
+        tail = len(literal) - 1
+        found = [start + tail for start in occurrences(self.text, literal, MAX_LITERAL_ENDS + 1)]
+        self.found_ends[literal] = found
+        return found
+
+
+def occurrences(text: str, literal: str, limit: int) -> list[int]:
+    """Start of each (possibly overlapping) occurrence of ``literal``, the first ``limit``."""
+    found: list[int] = []
+    position = text.find(literal)
+    while position >= 0 and len(found) < limit:
+        found.append(position)
+        position = text.find(literal, position + 1)
+    return found
 
 
 def _seen(literal: str, text: str, memo: dict[str, bool]) -> bool:
@@ -79,6 +141,13 @@ def hyperscan_available() -> bool:
 
 def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
+
+
+def _bounded(text: str, start: int, end: int, left: bool, right: bool) -> bool:
+    """The span has a word boundary on each side that asks for one."""
+    if left and start > 0 and _is_word(text[start - 1]):
+        return False
+    return not (right and end < len(text) and _is_word(text[end]))
 
 
 def _compile_hyperscan(
@@ -119,6 +188,7 @@ class Matcher:
         patterns: Sequence[Pattern],
         *,
         use_hyperscan: bool,
+        cache: PrefilterBank | None = None,
     ) -> None:
         self.patterns = tuple(patterns)
         if use_hyperscan and _hs is None:
@@ -143,6 +213,8 @@ class Matcher:
             if p.gate.run_length
         }
         self.automaton = self._build_automaton(keyword_leaves)
+        self.indexed: frozenset[str] = frozenset()
+        self._literal_db: Any = self._compile_literals(cache) if use_hyperscan else None
 
     @property
     def uses_hyperscan(self) -> bool:
@@ -155,6 +227,7 @@ class Matcher:
         for leaf_id, leaf in enumerate(keyword_leaves):
             for phrase in leaf.phrases:
                 keywords.setdefault(phrase, []).append(leaf_id)
+        start_literals: dict[int, tuple[str, ...]] = {}
         for pattern_id, pattern in enumerate(self.patterns):
             if pattern.gate.kind != "ac" or pattern_id in self.hyperscan_ids:
                 continue
@@ -164,8 +237,12 @@ class Matcher:
                     literals.setdefault(literal, []).append((pattern_id, set_index))
             for literal in pattern.gate.starts:
                 starts.setdefault(literal, []).append(pattern_id)
+            if pattern.gate.starts:
+                start_literals[pattern_id] = pattern.gate.starts
+        self.start_literals = start_literals
         automaton = ahocorasick.Automaton()
-        for key in keywords.keys() | literals.keys() | starts.keys():
+        self._entries: list[AcValue] = []
+        for key in sorted(keywords.keys() | literals.keys() | starts.keys()):
             kw_ids = tuple(keywords.get(key, ()))
             value: AcValue = (
                 len(key),
@@ -177,20 +254,56 @@ class Matcher:
                 key,
             )
             automaton.add_word(key, value)
+            self._entries.append(value)
         if len(automaton):
             automaton.make_automaton()
         return automaton
 
+    def _compile_literals(self, cache: PrefilterBank | None) -> Any:
+        """One Hyperscan literal database: every automaton key and the longer check literals.
+
+        Check literals of one or two characters stay out: they would slow the
+        whole pass down, and a substring test finds them as fast.
+        """
+        assert _hs is not None
+        known = {entry[-1] for entry in self._entries}
+        for alternatives_sets in self.checks.values():
+            for alternatives in alternatives_sets:
+                for literal in alternatives:
+                    if literal not in known and len(literal) >= MIN_INDEXED_CHECK:
+                        known.add(literal)
+                        self._entries.append((len(literal), False, False, (), (), (), literal))
+        self.indexed = frozenset(entry[-1] for entry in self._entries)
+        if not self._entries:
+            return None
+        expressions = [entry[-1].encode("utf-8", "surrogatepass") for entry in self._entries]
+
+        def build() -> Any:
+            db = _hs.Database()
+            db.compile(
+                expressions=expressions,
+                ids=list(range(len(expressions))),
+                elements=len(expressions),
+                flags=_hs.HS_FLAG_SINGLEMATCH,
+                literal=True,
+            )
+            return db
+
+        if cache is None:
+            return build()
+        return cache.cached("literals|" + "\n".join(e[-1] for e in self._entries), build)
+
     def keywords(self, text: str) -> KeywordScan:
-        """One automaton pass: keyword spans (word-bounded), passed gates, start positions."""
-        result = KeywordScan({}, set(), {}, set(), {})
+        """Keyword spans (word-bounded), passed gates and literal positions of one keyword view."""
+        if self._literal_db is not None:
+            return self._keywords_hyperscan(text)
+        result = KeywordScan(text, {}, set())
         if not len(self.automaton):
             return result
         spans = result.spans
-        starts = result.starts
-        ends = result.literal_ends
+        starts = result.found_starts
+        ends = result.found_ends
         masks: dict[int, int] = {}
-        size = len(text)
         for last, value in self.automaton.iter(text):
             length, left, right, kw_ids, gate_refs, start_ids, key = value
             if gate_refs:
@@ -208,11 +321,7 @@ class Matcher:
                     positions.append(start)
                 else:
                     result.overflow.add(pattern_id)
-            if not kw_ids:
-                continue
-            if left and start > 0 and _is_word(text[start - 1]):
-                continue
-            if right and last + 1 < size and _is_word(text[last + 1]):
+            if not kw_ids or not _bounded(text, start, last + 1, left, right):
                 continue
             for leaf_id in kw_ids:
                 found = spans.get(leaf_id)
@@ -220,6 +329,45 @@ class Matcher:
                     spans[leaf_id] = [(start, last + 1)]
                 elif len(found) < MAX_SPANS_PER_KEYWORD:
                     found.append((start, last + 1))
+        full = self.full_masks
+        result.gated = {pid for pid, mask in masks.items() if mask == full[pid]}
+        return result
+
+    def _keywords_hyperscan(self, text: str) -> KeywordScan:
+        """The same answers from one Hyperscan pass that reports each literal once."""
+        seen: list[int] = []
+
+        def on_match(literal_id: int, start: int, end: int, flags: int, context: Any) -> None:
+            seen.append(literal_id)
+
+        scratch = getattr(self._local, "literal_scratch", None)
+        if scratch is None:
+            scratch = self._local.literal_scratch = _hs.Scratch(self._literal_db)
+        self._literal_db.scan(
+            text.encode("utf-8", "surrogatepass"), match_event_handler=on_match, scratch=scratch
+        )
+        entries = self._entries
+        present = frozenset(entries[i][-1] for i in seen)
+        result = KeywordScan(text, {}, set(), present, self.indexed, self.start_literals)
+        masks: dict[int, int] = {}
+        by_leaf: dict[int, list[tuple[int, int]]] = {}
+        for literal_id in seen:
+            length, left, right, kw_ids, gate_refs, _, key = entries[literal_id]
+            for pattern_id, set_index in gate_refs:
+                masks[pattern_id] = masks.get(pattern_id, 0) | (1 << set_index)
+            if kw_ids:
+                spans: list[tuple[int, int]] = []
+                position = text.find(key)
+                while position >= 0 and len(spans) < MAX_SPANS_PER_KEYWORD:
+                    if _bounded(text, position, position + length, left, right):
+                        spans.append((position + length, position))
+                    position = text.find(key, position + 1)
+                for leaf_id in kw_ids:
+                    by_leaf.setdefault(leaf_id, []).extend(spans)
+        for leaf_id, ends_starts in by_leaf.items():
+            if ends_starts:
+                ends_starts.sort()
+                result.spans[leaf_id] = [(s, e) for e, s in ends_starts[:MAX_SPANS_PER_KEYWORD]]
         full = self.full_masks
         result.gated = {pid for pid, mask in masks.items() if mask == full[pid]}
         return result
@@ -249,7 +397,13 @@ class Matcher:
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)
         return found
 
-    def candidates(self, source: Source, gated: set[int], unconditional: Sequence[int]) -> set[int]:
+    def candidates(
+        self,
+        source: Source,
+        gated: set[int],
+        unconditional: Sequence[int],
+        present: frozenset[str] | None = None,
+    ) -> set[int]:
         """Pattern ids that may match one of the source's regex views.
 
         ``gated``: patterns whose automaton gate passed; ``unconditional``:
@@ -261,10 +415,16 @@ class Matcher:
             out |= self.hyperscan_candidates(view.text for view in source.regex_views)
         out.update(unconditional)
         kw_text = source.kw.text
-        present: dict[str, bool] = {}
+        memo: dict[str, bool] = {}
         for pattern_id in [pid for pid in out if pid in self.checks]:
             for alternatives in self.checks[pattern_id]:
-                if not any(_seen(literal, kw_text, present) for literal in alternatives):
+                passed = any(
+                    literal in present
+                    if present is not None and literal in self.indexed
+                    else _seen(literal, kw_text, memo)
+                    for literal in alternatives
+                )
+                if not passed:
                     out.discard(pattern_id)
                     break
         gated_runs = [pid for pid in out if pid in self.run_gates]
