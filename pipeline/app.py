@@ -31,8 +31,7 @@ import faust
 
 from detectors import Engine, RuleSetError, load_rules
 from detectors.stateful import StatefulDetector
-from pipeline.archive import ArchiveWriter as ArchiveStore  # local dir or S3: see open_store
-from pipeline.archive import RawRecord, open_store
+from pipeline.archive import ArchiveWriter, RawRecord, open_store
 from pipeline.kafka import ensure_topics
 from pipeline.process import Decoded, Incoming, decode_batch, detect_batch
 from pipeline.settings import Settings
@@ -125,7 +124,7 @@ def rules_signature(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(signature)
 
 
-async def _archive_with_retries(store: ArchiveStore, records: list[RawRecord]) -> None:
+async def _archive_with_retries(store: ArchiveWriter, records: list[RawRecord]) -> None:
     delay = 0.5
     for attempt in range(1, ARCHIVE_RETRIES + 1):
         try:
