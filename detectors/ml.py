@@ -9,12 +9,15 @@ position ``p`` starts three features, the byte 3-, 4- and 5-grams at ``p``
 (n-grams may run into the padding); every word (a run of ASCII letters,
 digits and non-ASCII bytes) adds a word feature at its first byte, and every
 pair of adjacent words a bigram feature. A feature goes to one of
-``2**bits`` buckets by multiply-shift hashing of its exact byte code (the
-constants below: the same buckets in every process and on every machine).
+``2**bits`` buckets by 32-bit multiply-shift hashing of its code (the bytes
+themselves for 3- and 4-grams; 5-grams and words are mixed into 32 bits
+first), with the constants below: the same buckets in every process and on
+every machine, unlike Python's salted ``hash()``.
 
 The padded text is cut into blocks of ``stride`` bytes; a window is two
 consecutive blocks (one block when the text fits in one). A window's feature
-vector is its bucket counts divided by the square root of its feature count,
+vector is its bucket counts divided by its feature count to the power
+``scale_power`` (0.5 in the shipped model),
 and its score per label is ``sigmoid(bias + weights . vector)``. A text's
 score is the maximum over its windows, so an injection at the end of a long
 benign document is scored on its own window, not diluted by the whole text.
@@ -54,22 +57,23 @@ PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, paddi
 
 _NO_PAYLOADS = Limits(max_payloads=0)
 # odd 64-bit multipliers (multiply-shift hashing), one per feature kind
-_K3 = np.uint64(0x9E3779B97F4A7C15)
-_K4 = np.uint64(0xC2B2AE3D27D4EB4F)
-_K5 = np.uint64(0x165667B19E3779F9)
-_KWORD_PART = np.uint64(0xD6E8FEB86659FD93)
-_KUNI = np.uint64(0xA0761D6478BD642F)
-_KBI_LEFT = np.uint64(0xE7037ED1A0B428DB)
-_KBI = np.uint64(0x8EBC6AF09C88C6E3)
-_EIGHT = np.uint64(8)
-_THIRTY_TWO = np.uint64(32)
+_K3 = np.uint32(0x9E3779B1)
+_K4 = np.uint32(0x85EBCA77)
+_K5_STEP = np.uint32(0x27D4EB2F)
+_K5 = np.uint32(0xC2B2AE3D)
+_KWORD_PART = np.uint32(0x165667B1)
+_KUNI = np.uint32(0xD3A2646D)
+_KBI_LEFT = np.uint32(0xFD7046C5)
+_KBI = np.uint32(0xB55A4F09)
+_EIGHT = np.uint32(8)
+_SIXTEEN = np.uint32(16)
 _WORD_BYTES = np.zeros(256, dtype=bool)
 _WORD_BYTES[ord("a") : ord("z") + 1] = True
 _WORD_BYTES[ord("A") : ord("Z") + 1] = True
 _WORD_BYTES[ord("0") : ord("9") + 1] = True
 _WORD_BYTES[0x80:] = True
 
-U64 = npt.NDArray[np.uint64]
+U32 = npt.NDArray[np.uint32]
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
@@ -102,10 +106,10 @@ class Hashed:
     """
 
     length: int
-    buckets: tuple[I64, I64, I64]
+    buckets: tuple[U32, U32, U32]
     words: I64
-    unigrams: I64
-    bigrams: I64
+    unigrams: U32
+    bigrams: U32
     bigram_ok: npt.NDArray[np.bool_]
     block_starts: I64
     text_blocks: I64
@@ -128,29 +132,31 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     # PAD more spaces at the very end so the last positions have all n-grams too
     buf = np.frombuffer(b"".join(units) + b" " * PAD, dtype=np.uint8)
     length = int(lengths.sum())
-    x = buf.astype(np.uint64)
-    shift = np.uint64(64 - bits)
+    x = buf.astype(np.uint32)
+    shift = np.uint32(32 - bits)
     h = (x[:-1] << _EIGHT) | x[1:]
-    h3 = (h[:-1] << _EIGHT) | x[2:]
-    h4 = (h3[:-1] << _EIGHT) | x[3:]
-    h5 = (h4[:-1] << _EIGHT) | x[4:]
+    h3 = (h[:-1] << _EIGHT) | x[2:]  # the 3 bytes exactly
+    h4 = (h3[:-1] << _EIGHT) | x[3:]  # the 4 bytes exactly
+    h5 = h4[:-1] * _K5_STEP + x[4:]  # 5 bytes mixed into 32 bits
     buckets = (
-        ((h3[:length] * _K3) >> shift).view(np.int64),
-        ((h4[:length] * _K4) >> shift).view(np.int64),
-        ((h5[:length] * _K5) >> shift).view(np.int64),
+        (h3[:length] * _K3) >> shift,
+        (h4[:length] * _K4) >> shift,
+        (h5[:length] * _K5) >> shift,
     )
 
     word = _WORD_BYTES[buf[: length + 1]]
     edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # padding: never a word at 0 or the end
     starts = edges[0::2]
     ends = edges[1::2]
-    # a word's code: the sum of 32-bit mixes of the trigrams from the byte before it
-    # to its last byte (order-sensitive through the overlapping trigrams)
-    part = np.zeros(length + 1, dtype=np.uint64)
-    np.cumsum((h3[:length] * _KWORD_PART) >> _THIRTY_TWO, out=part[1:])
+    # a word's code: the sum of mixed trigram codes from the byte before the word to
+    # its last byte (order-sensitive through the overlapping trigrams)
+    mixed = h3[:length] * _KWORD_PART
+    mixed ^= mixed >> _SIXTEEN
+    part = np.zeros(length + 1, dtype=np.uint32)
+    np.cumsum(mixed, out=part[1:])  # wraps modulo 2**32, so differences stay exact
     code = part[ends - 1] - part[starts - 1]
-    unigrams = ((code * _KUNI) >> shift).view(np.int64)
-    bigrams = (((code[:-1] * _KBI_LEFT + code[1:]) * _KBI) >> shift).view(np.int64)
+    unigrams = (code * _KUNI) >> shift
+    bigrams = ((code[:-1] * _KBI_LEFT + code[1:]) * _KBI) >> shift
     if len(units) == 1:
         bigram_ok = np.ones(max(len(code) - 1, 0), dtype=bool)
         text_blocks = np.array([0, (length + stride - 1) // stride], dtype=np.int64)
