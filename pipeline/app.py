@@ -198,7 +198,7 @@ def build_app(settings: Settings, engine: Engine,
                 for error in exc.errors:
                     log.error("rule reload rejected, keeping the previous rules: %s", error)
                 continue
-            engine.swap(ruleset)
+            await asyncio.to_thread(engine.swap, ruleset)  # compiling must not stall the loop
             log.warning("rules reloaded: %d rules", len(ruleset.rules))
 
     app.task(follow)
