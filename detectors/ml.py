@@ -361,19 +361,29 @@ class Classifier:
     def findings(self, field: str, normalised: Normalised) -> list[Finding]:
         """Findings (detector ``ml``) for one field, one per label over its threshold.
 
-        Every source of ``normalised`` is scored (the field and any decoded
-        payload); evidence is the best window mapped back to the field text.
+        Every source of ``normalised`` (the field and any decoded payload) is
+        scored; evidence is the best window mapped back to the field text.
         """
-        sources = normalised.sources
-        explained = self.explain_views([source.kw.text for source in sources])
-        out = []
-        for label in LABELS:
-            best = max(range(len(sources)), key=lambda i: explained[i].scores[label])
-            score = explained[best].scores[label]
-            if score >= self.thresholds[label]:
-                out.append(
-                    self._finding(field, normalised.original, sources[best], explained[best], label)
-                )
+        return self.findings_many([(field, normalised)])[0]
+
+    def findings_many(self, fields: Sequence[tuple[str, Normalised]]) -> list[list[Finding]]:
+        """``findings`` for many fields (of one event or of a batch) in one scoring pass."""
+        views = [source.kw.text for _, norm in fields for source in norm.sources]
+        scores = self.score_views(views)
+        out: list[list[Finding]] = []
+        at = 0
+        for field, norm in fields:
+            mine = scores[at : at + len(norm.sources)]
+            at += len(norm.sources)
+            found: list[Finding] = []
+            for label in LABELS:
+                column = [score[label] for score in mine]
+                best = column.index(max(column))
+                if column[best] >= self.thresholds[label]:
+                    source = norm.sources[best]
+                    (explained,) = self.explain_views([source.kw.text])
+                    found.append(self._finding(field, norm.original, source, explained, label))
+            out.append(found)
         return out
 
     def _finding(

@@ -164,6 +164,19 @@ def test_findings_score_decoded_payloads(clf: Classifier) -> None:
     assert text[ev.start : ev.end] == payload
 
 
+def test_findings_many_equals_one_field_at_a_time(clf: Classifier) -> None:
+    texts = [BENIGN[0], INJECTIONS[0], JAILBREAKS[0], long_benign(2000) + " " + INJECTIONS[2]]
+    fields = [(f"prompt.messages[{i}].content", normalise(t)) for i, t in enumerate(texts)]
+    many = clf.findings_many(fields)
+    assert many == [clf.findings(name, norm) for name, norm in fields]
+    assert [sorted(f.category for f in found) for found in many] == [
+        [],
+        ["prompt_injection"],
+        ["jailbreak"],
+        ["prompt_injection"],
+    ]
+
+
 @pytest.mark.parametrize("text", BENIGN)
 def test_no_findings_on_benign_text(clf: Classifier, text: str) -> None:
     assert clf.findings("prompt.text", normalise(text)) == []
