@@ -216,8 +216,10 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
     assert Counter(a["alert_id"] for a in correlated).most_common(1)[0][1] == 1
 
 
-def test_state_survives_a_worker_restart(settings: Settings) -> None:
-    settings = prepare(settings)
+def test_state_survives_a_worker_restart_and_suppressions_change_at_run_time(
+    settings: Settings
+) -> None:
+    settings = prepare(settings.replace(rules_reload_seconds=1.0))
     ev = Events()
     for i in range(3):
         ev.prompt(i * 60, INJECTION, trace="t-restart", user="u-restart")
@@ -242,14 +244,25 @@ def test_state_survives_a_worker_restart(settings: Settings) -> None:
         worker.stop()
     restarted = start_worker(settings)
     try:
+        # lift u-quiet's suppression while the worker runs; it re-reads the file
+        Path(settings.suppressions_file).write_text(
+            "schema: llmtrail.suppressions/v1\nsuppressions: []\n", encoding="utf-8")
+        deadline = time.monotonic() + 30
+        while not any("stateful rules reloaded" in line for line in restarted.lines):
+            assert time.monotonic() < deadline, "\n".join(restarted.lines[-20:])
+            time.sleep(0.2)
+        second.append(ev.prompt(0, INJECTION, trace="t-quiet", user="u-quiet"))
         publish(settings, second)
         records = read_until(settings, settings.alerts_topic,
-                             lambda got: len(fired(stateful_alerts(got))) >= 2)
+                             lambda got: len(fired(stateful_alerts(got))) >= 2 and any(
+                                 orjson.loads(r.value)["user"]["id"] == "u-quiet" for r in got))
     finally:
         restarted.stop()
     correlated = stateful_alerts(records)
     assert fired(correlated) == {("st-injection-burst", "u-restart"),
                                  ("st-agent-hijack", "t-restart-hijack")}
+    assert any(orjson.loads(r.value)["rule_id"].startswith("pi-") for r in records
+               if orjson.loads(r.value)["user"]["id"] == "u-quiet")
     burst = next(a for a in correlated if a["rule_id"] == "st-injection-burst")
     assert burst["correlation"]["events"] == [e["event_id"] for e in ev.items
                                               if e["trace_id"] == "t-restart"]
