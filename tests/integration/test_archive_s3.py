@@ -36,27 +36,27 @@ def test_sigkill_mid_stream_with_s3_loses_and_duplicates_nothing(
     settings = with_s3(settings, s3_endpoint, s3_bucket)
     prepare(settings)
     events = [orjson.dumps(event(index=i, text=f"message {i} about invoices"))
-              for i in range(3000)]
+              for i in range(2000)]
     worker = start_worker(settings)
     try:
-        publish(settings, events[:1500])
-        wait_for_s3(settings, 300, timeout=60)
-        publish(settings, events[1500:])
+        publish(settings, events[:1000])
+        wait_for_s3(settings, 200, timeout=60)
+        publish(settings, events[1000:])
         worker.kill()  # SIGKILL mid-stream: some batches uploaded but not yet committed
     finally:
         worker.stop()
     killed_at = len(wait_for_s3(settings, 0, timeout=1))
     restarted = start_worker(settings)
     try:
-        wait_for_s3(settings, 3000, timeout=120)
+        wait_for_s3(settings, 2000, timeout=150)
         time.sleep(3)  # give any duplicate a chance to land before counting
         records = wait_for_s3(settings, 0, timeout=1)
     finally:
         restarted.stop()
-    assert 0 < killed_at < 3000, f"kill was not mid-stream: {killed_at} archived"
+    assert 0 < killed_at < 2000, f"kill was not mid-stream: {killed_at} archived"
     ids = [orjson.loads(r.value)["event_id"] for r in records]
-    assert len(ids) == 3000, f"{len(ids)} archived, {len(set(ids))} distinct"
-    assert len(set(ids)) == 3000
+    assert len(ids) == 2000, f"{len(ids)} archived, {len(set(ids))} distinct"
+    assert len(set(ids)) == 2000
     assert {r.value for r in records} == set(events)
 
 
@@ -81,7 +81,11 @@ def test_unreachable_bucket_stops_the_worker_without_acknowledging(
     s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     restarted = start_worker(settings)
     try:
-        records = wait_for_s3(settings, 200, timeout=90)
+        records = wait_for_s3(settings, 200, timeout=150)
     finally:
         restarted.stop()
-    assert sorted(r.value for r in records) == sorted(events)  # nothing was acked unarchived
+    values = [r.value for r in records]
+    assert len(values) == len(set(values)) == 200, (
+        f"{len(values)} archived, {len(set(values))} distinct:\n" + "\n".join(
+            restarted.lines[-20:]))
+    assert set(values) == set(events)  # nothing was acknowledged without being archived
