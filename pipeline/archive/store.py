@@ -12,6 +12,11 @@ tail (or removes a segment it left empty) and reads the watermark from the block
 event-id set of the open segment is rebuilt by reading that one segment in full when the partition
 is first appended to.
 
+When a segment is sealed (hour or size roll, or close) and durable, its manifest becomes the
+partition's next chain entry (:mod:`.chain`). A crash between the two leaves a sealed segment
+outside the chain; recovery (and the next append) chains it, so every sealed segment is chained.
+With a master key, each records block is encrypted with its day's data key (:mod:`.crypto`).
+
 Several stores (worker processes) may share a root. Each operation on a partition holds that
 partition's ``flock`` for its duration, and a token in the lock file tells a store whether someone
 else changed the partition since it last looked (then it reloads the partition from disk), so a
