@@ -23,6 +23,7 @@ from detectors.stateful.model import (
     AGGREGATES,
     KIND_IDS,
     MEASURES,
+    NORMALISERS,
     PROFILE_CHECKS,
     SCHEMA,
     SIMILARITIES,
@@ -53,7 +54,7 @@ COMMON_REQUIRED = ("id", "title", "description", "severity", "category", "owasp"
 COMMON_OPTIONAL = ("match", "dedup", "rate_limit", "enabled", "tags", "score")
 KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # required, optional
     "threshold": (("window", "at_least"), ("mode",)),
-    "distinct": (("field", "window", "at_least"), ()),
+    "distinct": (("field", "window", "at_least"), ("normalise",)),
     "sequence": (("steps", "within"), ("join",)),
     "baseline": (("aggregate",), ("value", "measure", "bucket", "above", "drift", "exceeds",
                                   "warmup", "alpha", "min_samples", "min_value")),
@@ -236,7 +237,9 @@ class _StatefulLoader(_Loader):
             field = need("field", lambda n: self.path(n, "'field'", rule_id))
             window = need("window", lambda n: self.duration(n, "'window'", rule_id))
             at_least = need("at_least", lambda n: self.count(n, "'at_least'", rule_id, 2))
-            spec = DistinctSpec(field, window, at_least)
+            normalise = opt("normalise",
+                            lambda n: self.enum(n, "'normalise'", NORMALISERS, rule_id), None)
+            spec = DistinctSpec(field, window, at_least, normalise)
         elif kind == "sequence":
             steps = need("steps", lambda n: self.steps(n, rule_id))
             within = need("within", lambda n: self.duration(n, "'within'", rule_id))

@@ -23,6 +23,7 @@ AGGREGATES: tuple[str, ...] = ("count", "sum", "mean", "rate", "p95", "each")
 PROFILE_CHECKS: tuple[str, ...] = ("off_hours", "new_geo")
 SIMILARITIES: tuple[str, ...] = ("exact", "near")
 MEASURES: tuple[str, ...] = ("value", "length")
+NORMALISERS: tuple[str, ...] = ("url",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class DistinctSpec:
     field: tuple[str, ...]
     window: float
     at_least: int
+    normalise: str | None = None  # "url": path segments holding a digit become "*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,17 @@ def _hours(text: str) -> tuple[int, int] | None:
     return sh * 60 + sm, eh * 60 + em
 
 
+def url_shape(url: str) -> str:
+    """A URL without query or fragment, each path segment that holds a digit as ``*``
+    (``https://crm/api/v2/customers/42?x=1`` → ``https://crm/api/*/customers/*``)."""
+    base = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = base.rpartition("://")
+    host, _, path = rest.partition("/")
+    shaped = "/".join("*" if any(ch.isdigit() for ch in part) else part
+                      for part in path.split("/"))
+    return f"{scheme}{sep}{host}/{shaped}" if path else f"{scheme}{sep}{host}"
+
+
 def off_hours(ts: float, context: Mapping[str, Any]) -> dict[str, Any] | None:
     """Details when ``ts`` falls outside the user's work_hours in their timezone, else None.
 
@@ -206,7 +217,9 @@ class Observer:
     def _distinct(rule: StatefulRule, view: _View, key: str) -> Payloads:
         assert isinstance(rule.spec, DistinctSpec)
         value = first_value(view.event, rule.spec.field)
-        return [] if value is None else [(key, value)]
+        if value is None:
+            return []
+        return [(key, url_shape(str(value)) if rule.spec.normalise == "url" else value)]
 
     @staticmethod
     def _sequence(rule: StatefulRule, view: _View, key: str) -> Payloads:

@@ -77,10 +77,10 @@ def scenarios() -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
         ev.prompt(i * 180, INJECTION, trace="t-slow", user="u-slow")
     for i in range(21):  # 21 distinct endpoints / 20
         ev.tool(i * 60, "api.get", trace="t-sweep", user="u-sweep",
-                tool={"endpoint": f"https://a.internal/{i}"})
+                tool={"endpoint": f"https://a.internal/{chr(97 + i)}"})
         if i < 20:
             ev.tool(i * 60, "api.get", trace="t-calm", user="u-calm",
-                    tool={"endpoint": f"https://a.internal/{i}"})
+                    tool={"endpoint": f"https://a.internal/{chr(97 + i)}"})
     ev.tool(0, "web.fetch", trace="t-hijack", tool={"result": POISONED})  # hijack / too late
     ev.tool(20, "shell.exec", trace="t-hijack", tool={"arguments": {"cmd": "rm -rf /"}})
     ev.tool(0, "web.fetch", trace="t-late", tool={"result": POISONED})

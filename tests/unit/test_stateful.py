@@ -21,7 +21,7 @@ from detectors.stateful import (
 )
 from detectors.stateful.fingerprint import exact_fingerprint, near_fingerprints
 from detectors.stateful.model import KIND_IDS, Suppression
-from detectors.stateful.observe import off_hours
+from detectors.stateful.observe import off_hours, url_shape
 from detectors.stateful.store import BatchState
 from detectors.stateful.times import event_time, format_time, parse_duration
 
@@ -487,3 +487,25 @@ def test_baseline_batches_are_compacted_per_key_and_bucket(tmp_path: Path) -> No
     compacted = detector.compact(observations)
     assert [(o.event_id, o.payload) for o in compacted] == [
         (observations[-1].event_id, [30, 0.0])]
+
+
+@pytest.mark.parametrize(("url", "shape"), [
+    ("https://crm.internal/api/v2/customers/42?include=orders", "https://crm.internal/api/*/customers/*"),
+    ("https://mail.internal/api/messages/msg-a7ce76e9f4#top", "https://mail.internal/api/messages/*"),
+    ("https://kb.internal/api/search", "https://kb.internal/api/search"),
+    ("https://kb.internal", "https://kb.internal"),
+    ("crm.lookup", "crm.lookup"),
+])
+def test_url_shape(url: str, shape: str) -> None:
+    assert url_shape(url) == shape
+
+
+def test_distinct_by_url_shape(tmp_path: Path) -> None:
+    rules = ruleset(tmp_path, DISTINCT + "normalise: url")
+    ids = [(ev(i, "tool_call", tool={"name": "x", "endpoint": f"https://crm/c/{i}"}), [])
+           for i in range(5)]
+    assert run(rules, ids) == []
+    named = [(ev(i, "tool_call", tool={"name": "x", "endpoint": f"https://crm/{n}/1"}), [])
+             for i, n in enumerate("abc")]
+    assert run(rules, named)[0]["correlation"]["values"] == [
+        "https://crm/a/*", "https://crm/b/*", "https://crm/c/*"]
