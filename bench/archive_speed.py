@@ -26,6 +26,7 @@ import argparse
 import base64
 import calendar
 import itertools
+import logging
 import os
 import random
 import shutil
@@ -81,6 +82,7 @@ def s3_settings(settings: Settings) -> tuple[Settings, object]:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

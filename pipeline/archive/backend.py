@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -186,3 +189,24 @@ def _status(exc: Any) -> int:
     status: int = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return status
 
+
+
+def fetch(backend: Backend, keys: Iterable[str], *, workers: int = 16
+          ) -> Iterator[tuple[str, bytes | None]]:
+    """(key, bytes) for each key in order, None for a missing object; up to ``workers`` GETs in
+    flight (object storage answers one request at a time slowly, many at once quickly)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque[tuple[str, Future[bytes]]] = deque()
+        for key in keys:
+            window.append((key, pool.submit(backend.get, key)))
+            if len(window) >= 2 * workers:
+                yield _result(*window.popleft())
+        while window:
+            yield _result(*window.popleft())
+
+
+def _result(key: str, future: Future[bytes]) -> tuple[str, bytes | None]:
+    try:
+        return key, future.result()
+    except ObjectMissing:
+        return key, None

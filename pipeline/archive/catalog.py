@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.archive.backend import Backend
+from pipeline.archive.backend import Backend, fetch
 from pipeline.archive.chain import Chain, Entry, chain_place, parse_entry
 from pipeline.archive.layout import SegmentId, parse_segment_key
 
@@ -82,17 +82,22 @@ def load_catalog(backend: Backend, chain: Chain, *, topic: str | None = None) ->
     keys = backend.list(f"{topic}/" if topic else "")
     chains: dict[tuple[str, int], ChainView] = {}
     segment_keys: set[str] = set()
+    entry_keys = []
     for key in keys:
-        place = chain_place(key)
-        if place:
-            topic_name, partition, seq = place
-            view = chains.setdefault((topic_name, partition), ChainView(topic_name, partition))
-            try:
-                view.entries[seq] = parse_entry(key, backend.get(key))
-            except ValueError as exc:
-                view.unreadable[seq] = str(exc)
+        if chain_place(key):
+            entry_keys.append(key)
         elif parse_segment_key(key) is not None:
             segment_keys.add(key)
+    for key, raw in fetch(backend, entry_keys):
+        place = chain_place(key)
+        assert place is not None
+        view = chains.setdefault(place[:2], ChainView(place[0], place[1]))
+        try:
+            if raw is None:
+                raise ValueError("deleted while reading")
+            view.entries[place[2]] = parse_entry(key, raw)
+        except ValueError as exc:
+            view.unreadable[place[2]] = str(exc)
     segments: dict[str, SegmentState] = {}
     for view in chains.values():
         for seq in sorted(view.entries):

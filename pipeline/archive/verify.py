@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-from pipeline.archive.backend import Backend, ObjectMissing
+from pipeline.archive.backend import Backend, ObjectMissing, fetch
 from pipeline.archive.blocks import KIND_RECORDS, BlockScan
 from pipeline.archive.catalog import Catalog, ChainView, load_catalog
 from pipeline.archive.chain import Chain, entry_key, signature
@@ -120,6 +120,7 @@ def _check_chain(backend: Backend, view: ChainView, key: bytes | None, report: R
 def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_ms: int | None,
                     report: Report) -> None:
     owner_of = {state.sha256: key for key, state in catalog.segments.items() if state.sha256}
+    to_hash = []
     for key, state in sorted(catalog.segments.items(), key=lambda item: item[1].sid):
         if not state.in_range(from_ms, to_ms):
             continue
@@ -129,15 +130,16 @@ def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_
             if present:
                 report.problems.append(Problem(where, f"removed by {state.removed_by} but still "
                                                "present: re-run the command that removed it"))
-            continue
-        if not present:
+        elif not present:
             report.problems.append(Problem(where, f"missing: the chain holds its manifest "
                                            f"({state.count} events, offsets "
                                            f"{state.sid.first_offset}..{state.last_offset})"))
-            continue
-        try:
-            data = backend.get(key)
-        except ObjectMissing:
+        else:
+            to_hash.append(key)
+    for key, data in fetch(backend, to_hash, workers=4):
+        state = catalog.segments[key]
+        where = backend.describe(key)
+        if data is None:
             report.problems.append(Problem(where, "missing (deleted while verifying)"))
             continue
         digest = hashlib.sha256(data).hexdigest()
