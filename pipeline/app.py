@@ -41,6 +41,7 @@ from pipeline.users import UserDirectory, follow_users
 
 log = logging.getLogger("llmtrail.worker")
 
+ASSIGNED_LINE = "llmtrail worker assigned"
 READY_LINE = "llmtrail worker ready"
 ARCHIVE_RETRIES = 5
 # Exit status of a worker that stopped because the archive could not be written.
@@ -209,6 +210,10 @@ def build_app(settings: Settings, engine: Engine,
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         nonlocal announced
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.events_topic)
+        # One line per rebalance: which event partitions this worker now owns.
+        print(f"{ASSIGNED_LINE}: {settings.events_topic} {mine}", flush=True)
         if not announced:
             announced = True
             await _wait(users_ready, 10.0)
