@@ -47,6 +47,7 @@ from pipeline.users import UserDirectory, UserRecordError, enrich, validate_user
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 _AGO_RE = re.compile(r"(\d+)([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+_DIFF_EXAMPLES = 20  # added/removed alerts listed by backtest --baseline
 
 
 class UsageError(ValueError):
@@ -307,6 +308,7 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     by_rule: Counter[str] = Counter()
     added: Counter[str] = Counter()
     removed: Counter[str] = Counter()
+    examples: list[str] = []
     events = invalid = size = 0
     progress = err.isatty()
     started = last_report = time.perf_counter()
@@ -332,6 +334,9 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 old = Counter(f.rule_id for f in base_engine.scan(event))
                 added.update(new - old)
                 removed.update(old - new)
+                where = f"event {event.get('event_id')} (trace {event.get('trace_id')})"
+                examples += [f"  + {rule_id}  {where}" for rule_id in new - old]
+                examples += [f"  - {rule_id}  {where}" for rule_id in old - new]
             now = time.perf_counter()
             if progress and now - last_report >= cli_rules._PROGRESS_EVERY:
                 last_report = now
@@ -352,6 +357,11 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
         for rule_id in sorted(set(added) | set(removed)):
             print(f"  {'+' + str(added[rule_id]):>8} {'-' + str(removed[rule_id]):>8}  {rule_id}",
                   file=err)
+        for line in examples[:_DIFF_EXAMPLES]:
+            print(line, file=err)
+        if len(examples) > _DIFF_EXAMPLES:
+            print(f"  … and {len(examples) - _DIFF_EXAMPLES} more (write them all with --output "
+                  "and compare)", file=err)
     return EXIT_OK
 
 

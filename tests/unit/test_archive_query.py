@@ -127,6 +127,7 @@ def test_backtest_hits_per_rule_output_and_baseline(any_settings: Settings,
     assert report.startswith("35 events, 0 invalid lines, 11 alerts")
     assert "      11  test-export-everything" in report
     assert "against the baseline: +1 alerts added, -0 removed" in report
+    assert "  + test-export-everything  event e-1 (trace t-x)" in report
     written = [orjson.loads(line) for line in alerts.read_text().splitlines()]
     assert len(written) == 11
     assert {a["event_id"] for a in written if "export" in str(a["evidence"])} == {"e-1"}
