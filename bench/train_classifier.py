@@ -47,7 +47,7 @@ sys.path.append(str(ROOT))
 from detectors import ml  # noqa: E402
 
 SEED = 20261122
-GROUP_CAP = 150  # training rows per group at most (one template's variants)
+GROUP_CAP = 150  # training rows per group and label at most (one template's variants)
 C_GRID = (0.5, 2.0, 8.0)
 CHUNK = 1500
 
@@ -102,12 +102,13 @@ def window_matrix(
 
 
 def capped(rows: list[mc.Row], rng: random.Random) -> list[mc.Row]:
-    by_group: dict[str, list[mc.Row]] = defaultdict(list)
+    """At most GROUP_CAP rows per group and label (a probe's carriers are not crowded out)."""
+    by_group: dict[tuple[str, str], list[mc.Row]] = defaultdict(list)
     for row in rows:
-        by_group[row.group].append(row)
+        by_group[(row.group, row.label)].append(row)
     out: list[mc.Row] = []
-    for group in sorted(by_group):
-        members = by_group[group]
+    for key in sorted(by_group):
+        members = by_group[key]
         if len(members) > GROUP_CAP:
             members = rng.sample(members, GROUP_CAP)
         out.extend(members)
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             split[name] = rng.sample(split[name], min(args.limit, len(split[name])))
         train = rng.sample(train, min(args.limit, len(train)))
     print(
-        f"rows: train {len(train)} (capped {GROUP_CAP}/group), validation "
+        f"rows: train {len(train)} (capped {GROUP_CAP}/group and label), validation "
         f"{len(split['validation'])}, test {len(split['test'])}, never trainable {len(split['unseen'])}"
     )
 
