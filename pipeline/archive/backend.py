@@ -199,7 +199,7 @@ def fetch(backend: Backend, keys: Iterable[str], *, workers: int = 16
         window: deque[tuple[str, Future[bytes]]] = deque()
         for key in keys:
             window.append((key, pool.submit(backend.get, key)))
-            if len(window) >= 2 * workers:
+            if len(window) > workers:
                 yield _result(*window.popleft())
         while window:
             yield _result(*window.popleft())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.archive.backend import Backend, LocalBackend, ObjectMissing
+from pipeline.archive.backend import Backend, LocalBackend, ObjectMissing, fetch
 from pipeline.archive.blocks import (
     KIND_SEAL,
     BlockHeader,
@@ -157,10 +157,15 @@ class Reader:
     def records(self, sid: SegmentId) -> Iterator[ArchivedRecord]:
         """The records of one segment, verified; a segment gone since it was listed yields
         nothing (pruning or erasure removed it)."""
-        where = self.where(sid)
         try:
             data = self.backend.get(sid.relpath)
         except ObjectMissing:
+            data = None
+        yield from self._decoded(sid, data)
+
+    def _decoded(self, sid: SegmentId, data: bytes | None) -> Iterator[ArchivedRecord]:
+        where = self.where(sid)
+        if data is None:
             log.warning("%s: listed but gone when opened; skipped", where)
             return
         yield from records_of(BlockScan.of_bytes(data, where), sid, where, self._dctx,
@@ -169,11 +174,10 @@ class Reader:
     def iter(self, topic: str | None = None, *, from_ms: int | None = None,
              to_ms: int | None = None) -> Iterator[ArchivedRecord]:
         """Every record (of one topic) whose segment hour overlaps [from_ms, to_ms), and whose
-        Kafka timestamp is inside it."""
-        for sid in self.segments(topic):
-            if not sid.overlaps(from_ms, to_ms):
-                continue
-            for record in self.records(sid):
+        Kafka timestamp is inside it. Segments are fetched a few at a time ahead of reading."""
+        sids = {sid.relpath: sid for sid in self.segments(topic) if sid.overlaps(from_ms, to_ms)}
+        for key, data in fetch(self.backend, sids, workers=4):
+            for record in self._decoded(sids[key], data):
                 if (from_ms is None or record.timestamp_ms >= from_ms) and (
                         to_ms is None or record.timestamp_ms < to_ms):
                     yield record
