@@ -261,6 +261,12 @@ class Settings:
             )
         if self.max_event_bytes < 1:
             raise SettingsError("LLMTRAIL_MAX_EVENT_BYTES must be positive")
+        if self.archive_backend not in {"local", "s3"}:
+            raise SettingsError(
+                f"LLMTRAIL_ARCHIVE_BACKEND={self.archive_backend!r}: expected local or s3"
+            )
+        if self.archive_backend == "s3" and not self.archive_s3_bucket:
+            raise SettingsError("LLMTRAIL_ARCHIVE_BACKEND=s3 needs LLMTRAIL_ARCHIVE_S3_BUCKET")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

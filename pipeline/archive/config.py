@@ -12,8 +12,6 @@ from pipeline.archive.reader import Reader
 from pipeline.archive.store import ArchiveStore
 from pipeline.settings import Settings, SettingsError
 
-BACKENDS = ("local", "s3")
-
 
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the archive settings (credentials never leave this call)."""
@@ -36,15 +34,11 @@ def s3_client(settings: Settings) -> Any:
 
 
 def open_backend(settings: Settings) -> Backend:
+    """The backend the settings name (validated by :class:`Settings`: local, or s3 with a
+    bucket)."""
     if settings.archive_backend == "local":
         return LocalBackend(settings.archive_dir, fsync=settings.archive_fsync)
-    if settings.archive_backend == "s3":
-        if not settings.archive_s3_bucket:
-            raise SettingsError("LLMTRAIL_ARCHIVE_BACKEND=s3 needs LLMTRAIL_ARCHIVE_S3_BUCKET")
-        return S3Backend(s3_client(settings), settings.archive_s3_bucket,
-                         settings.archive_s3_prefix)
-    raise SettingsError(f"LLMTRAIL_ARCHIVE_BACKEND={settings.archive_backend!r}: expected "
-                        + " or ".join(BACKENDS))
+    return S3Backend(s3_client(settings), settings.archive_s3_bucket, settings.archive_s3_prefix)
 
 
 def master_key(settings: Settings) -> bytes | None:

@@ -100,12 +100,14 @@ def test_key_material_never_in_settings_output(tmp_path: Path) -> None:
         assert secret not in shown
 
 
-def test_s3_backend_needs_a_bucket(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="LLMTRAIL_ARCHIVE_BACKEND=s3 needs "
-                       "LLMTRAIL_ARCHIVE_S3_BUCKET"):
-        open_backend(Settings.from_env({}, archive_backend="s3"))
-    with pytest.raises(SettingsError, match="LLMTRAIL_ARCHIVE_BACKEND='nfs': expected local or s3"):
-        open_backend(Settings.from_env({}, archive_backend="nfs"))
+@pytest.mark.parametrize(("env", "message"), [
+    ({"LLMTRAIL_ARCHIVE_BACKEND": "s3"},
+     "LLMTRAIL_ARCHIVE_BACKEND=s3 needs LLMTRAIL_ARCHIVE_S3_BUCKET"),
+    ({"LLMTRAIL_ARCHIVE_BACKEND": "nfs"}, "LLMTRAIL_ARCHIVE_BACKEND='nfs': expected local or s3"),
+])
+def test_backend_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
 
 
 # -- the analyst view ---------------------------------------------------------------------------

@@ -185,8 +185,8 @@ def test_window_arguments_are_checked() -> None:
         parse_time("yesterday")
 
 
-def _cli(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO)}
+def _cli(settings: Settings, *argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO), **extra}
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "archive", *argv], env=env,
                           capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
 
@@ -201,8 +201,12 @@ def test_the_command_as_a_user_runs_it(tmp_path: Path) -> None:
     broken = _cli(settings, "verify")
     assert broken.returncode == 1
     assert "SHA-256 does not match its manifest (bytes altered)" in broken.stdout
-    bad = _cli(settings.replace(archive_backend="s3"), "verify")
+    bad = _cli(settings, "verify", LLMTRAIL_ARCHIVE_BACKEND="s3")
     assert bad.returncode == 2
-    assert "llmtrail: LLMTRAIL_ARCHIVE_BACKEND=s3 needs LLMTRAIL_ARCHIVE_S3_BUCKET" in bad.stderr
+    assert ("llmtrail: configuration error: LLMTRAIL_ARCHIVE_BACKEND=s3 needs "
+            "LLMTRAIL_ARCHIVE_S3_BUCKET") in bad.stderr
+    bad_key = _cli(settings, "cat", LLMTRAIL_ARCHIVE_KEY="c2hvcnQ=")
+    assert bad_key.returncode == 2
+    assert "LLMTRAIL_ARCHIVE_KEY: expected a 32-byte key as base64 or hex" in bad_key.stderr
     window = _cli(settings, "verify", "--from", "tomorrow")
     assert window.returncode == 2 and "'tomorrow' is not a time" in window.stderr
