@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/quality.py [--corpora DIR] [--rules PATH ...] [--out FILE]
                                       [--limit N] [--misses LABEL]
-                                      [--ml [--ml-model FILE]]
+                                      [--ml [--ml-model FILE] [--ml-min-score S]]
 
 What it measures
 ----------------
@@ -27,7 +27,8 @@ What it measures
    (findings in categories prompt_injection or jailbreak) and their OR, on the
    rows the classifier never trained on: the held-out test split of the
    permissive files (bench/ml_corpus.py) and the never-trainable rows
-   (sharegpt first turns, GPL rows). ``--ml-model`` scores another model file.
+   (sharegpt first turns, GPL rows). ``--ml-model`` scores another model file,
+   ``--ml-min-score`` replaces the model's thresholds (an operating point).
 
 Nothing here touches the network and every number is deterministic for a
 given set of rules and corpora. Labels are other people's and noisy: the
@@ -837,13 +838,15 @@ class Combined:
 
 
 def run_ml(
-    engine: Engine, corpora: Path, model: Path | None, limit: int | None
+    engine: Engine, corpora: Path, model: Path | None, limit: int | None, min_score: float | None
 ) -> dict[str, float]:
     import ml_corpus
 
     from detectors import ml as ml_model
 
     clf = ml_model.Classifier.load(model)
+    if min_score is not None:
+        clf.thresholds = dict.fromkeys(clf.thresholds, min_score)
     thresholds = ", ".join(f"{k} {v:.4f}" for k, v in clf.thresholds.items())
     print(f"\n## ML classifier ({model or 'shipped model'}; thresholds {thresholds})\n")
     rows = [
@@ -908,6 +911,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--ml", action="store_true", help="add the ML classifier section")
     ap.add_argument("--ml-model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument(
+        "--ml-min-score", type=float, default=None, help="one threshold for both labels"
+    )
     args = ap.parse_args(list(argv) if argv is not None else None)
 
     ruleset = load_rules(list(args.rules))
@@ -929,7 +935,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             for m in misses:
                 print("-", m)
     if args.ml:
-        summary.update(run_ml(engine, args.corpora, args.ml_model, args.limit))
+        summary.update(run_ml(engine, args.corpora, args.ml_model, args.limit, args.ml_min_score))
     if not args.no_synthetic:
         summary.update(run_synthetic(engine, args.seed, args.per_kind))
     print("\n## Summary\n")
