@@ -19,14 +19,16 @@ odd input: what is missing or of the wrong type is skipped.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from detectors.fields import iter_strings, split_selector, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
+from detectors.ml import Classifier
 from detectors.model import (
     KINDS,
+    SEVERITIES,
     AllOf,
     AnyOf,
     Context,
@@ -133,6 +135,7 @@ class _Program:
             keyword_leaves, patterns, use_hyperscan=options.use_hyperscan, cache=options.prefilter
         )
         self.prefilter = options.prefilter if self.matcher.uses_hyperscan else None
+        self.classifier = options.classifier
         if self.prefilter is not None:
             self.prefilter.prepare(p.source for p in patterns)
         self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
@@ -219,19 +222,34 @@ class _Program:
             triggered.update(plan.by_signal.get(signal, ()))
         return triggered
 
-    def scan(self, event: Mapping[str, Any], salt: bytes) -> list[Finding]:
+    def scan_many(self, events: Sequence[Mapping[str, Any]], salt: bytes) -> list[list[Finding]]:
+        """Findings per event; the classifier, if any, scores the whole batch in one pass."""
+        results: list[list[Finding]] = []
+        asks: list[tuple[int, tuple[str, Normalised]]] = []
+        for index, event in enumerate(events):
+            findings, fields = self._scan(event, salt)
+            results.append(findings)
+            if self.classifier is not None:
+                asks.extend((index, item) for item in _ml_fields(fields, findings))
+        if asks and self.classifier is not None:
+            answers = self.classifier.findings_many([field for _, field in asks])
+            for (index, (path, _)), found in zip(asks, answers, strict=True):
+                results[index] = _with_ml(results[index], path, found)
+        return results
+
+    def _scan(self, event: Mapping[str, Any], salt: bytes) -> tuple[list[Finding], list[_Field]]:
         if not isinstance(event, Mapping):
-            return []
+            return [], []
         kind = event.get("kind")
         plan = self.plans.get(kind) if isinstance(kind, str) else None
         if plan is None or not plan.rules:
-            return []
+            return [], []
         fields = self._fields(event, plan)
         triggered = set(plan.always)
         for item in fields:
             triggered |= self._prepare(item, plan)
         if not triggered:
-            return []
+            return [], fields
         evaluation = _Evaluation(self, event, fields)
         findings: list[Finding] = []
         for index in sorted(triggered):
@@ -242,7 +260,53 @@ class _Program:
             if any(evaluation.node(e) is not None for e in rule.exceptions):
                 continue
             findings.append(_finding(rule, hits, fields, salt))
+        return findings, fields
+
+
+# Where the classifier may raise a finding on its own: content an agent reads
+# (indirect injection, where the rules are weakest). On prompts it is not
+# precise enough alone (docs/ml.md), so there it only corroborates: a rule
+# finding of its categories on the same field goes up one severity step.
+ML_ALONE = ("tool.result",)
+ML_CORROBORATES = ("prompt.text", "prompt.messages")
+ML_CATEGORIES = frozenset({"prompt_injection", "jailbreak"})
+ML_AGREES = "ml-agrees"
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith((f"{root}.", f"{root}[")) for root in roots)
+
+
+def _ml_fields(
+    fields: Sequence[_Field], findings: Sequence[Finding]
+) -> list[tuple[str, Normalised]]:
+    """The (path, normalised text) of one event's fields worth scoring with the classifier."""
+    flagged = {f.field for f in findings if f.category in ML_CATEGORIES}
+    return [
+        (item.path, item.norm)
+        for item in fields
+        if item.norm is not None
+        and (
+            _under(item.path, ML_ALONE)
+            or (item.path in flagged and _under(item.path, ML_CORROBORATES))
+        )
+    ]
+
+
+def _with_ml(findings: list[Finding], path: str, ml: list[Finding]) -> list[Finding]:
+    """Fold the classifier's findings on one field into the rule findings of its event."""
+    if not ml:
         return findings
+    agreeing = [f for f in findings if f.field == path and f.category in ML_CATEGORIES]
+    if not agreeing:
+        return [*findings, *ml] if _under(path, ML_ALONE) else findings
+    return [_escalated(f) if f in agreeing else f for f in findings]
+
+
+def _escalated(finding: Finding) -> Finding:
+    """A rule finding the classifier agrees with: one severity step up, tagged."""
+    step = min(SEVERITIES.index(finding.severity) + 1, len(SEVERITIES) - 1)
+    return replace(finding, severity=SEVERITIES[step], tags=(*finding.tags, ML_AGREES))
 
 
 class _Evaluation:
@@ -565,6 +629,7 @@ class _Options:
     include_disabled: bool
     limits: Limits
     prefilter: PrefilterBank
+    classifier: Classifier | None
 
 
 class Engine:
@@ -576,7 +641,9 @@ class Engine:
     background by ``prefilter`` (the process-wide bank by default); scans
     before it is ready give the same findings, only slower.
     ``include_disabled`` also runs rules with ``enabled: false`` (used by
-    ``rules test``). Thread-safe: ``swap`` builds
+    ``rules test``). ``classifier``: the ML injection/jailbreak model, which
+    raises findings on tool results and escalates agreeing rule findings on
+    prompts (see ``ML_ALONE``). Thread-safe: ``swap`` builds
     the new program completely, then replaces one reference; a scan uses the
     program it started with.
     """
@@ -593,6 +660,7 @@ class Engine:
         include_disabled: bool = False,
         limits: Limits | None = None,
         prefilter: PrefilterBank | None = None,
+        classifier: Classifier | None = None,
     ) -> None:
         self._salt = salt
         self._options = _Options(
@@ -603,6 +671,7 @@ class Engine:
             include_disabled=include_disabled,
             limits=limits or Limits(),
             prefilter=prefilter or SHARED,
+            classifier=classifier,
         )
         self._program = _Program(ruleset, self._options)
 
@@ -634,8 +703,7 @@ class Engine:
         self._program = _Program(ruleset, self._options)
 
     def scan(self, event: Mapping[str, Any]) -> list[Finding]:
-        return self._program.scan(event, self._salt)
+        return self._program.scan_many([event], self._salt)[0]
 
     def scan_batch(self, events: Sequence[Mapping[str, Any]]) -> list[list[Finding]]:
-        program = self._program
-        return [program.scan(event, self._salt) for event in events]
+        return self._program.scan_many(events, self._salt)

@@ -32,9 +32,10 @@ import faust
 from detectors import Engine, RuleSetError, load_rules
 from detectors.stateful import StatefulDetector
 from pipeline.archive import ArchiveWriter, RawRecord, open_store
+from pipeline.detection import build_engine
 from pipeline.kafka import ensure_topics
 from pipeline.process import Decoded, Incoming, decode_batch, detect_batch
-from pipeline.settings import Settings
+from pipeline.settings import Settings, SettingsError
 from pipeline.stateful import StatefulStage, load_detector
 from pipeline.transport import tuned_transport
 from pipeline.users import UserDirectory, follow_users
@@ -259,8 +260,11 @@ def run_worker(settings: Settings) -> None:
         for error in exc.errors:
             print(error, file=sys.stderr)
         raise SystemExit(2) from None
-    engine = Engine(ruleset, salt=settings.fingerprint_salt.reveal().encode(),
-                    use_hyperscan=settings.engine_hyperscan)
+    try:
+        engine = build_engine(ruleset, settings)
+    except SettingsError as exc:
+        print(f"llmtrail: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Create the topics with our partition count before Faust or a client auto-creates them.
     asyncio.run(ensure_topics(settings))
     app = build_app(settings, engine, stateful)

@@ -40,6 +40,7 @@ from pipeline.archive.records import ArchivedRecord
 from pipeline.archive.store import ArchiveStore
 from pipeline.archive.traceindex import may_contain
 from pipeline.archive.verify import verify
+from pipeline.detection import build_engine
 from pipeline.lines import read_lines
 from pipeline.settings import Settings, SettingsError
 from pipeline.users import UserDirectory, UserRecordError, enrich, validate_user
@@ -83,7 +84,7 @@ def _masker(settings: Settings, err: TextIO) -> Masker | None:
     ruleset = cli_rules._load(list(settings.rules), err)
     if ruleset is None:
         return None
-    return Masker(cli_rules._engine(masking_rules(ruleset), settings, "auto"))
+    return Masker(build_engine(masking_rules(ruleset), settings, ml=False))
 
 
 # -- cat ----------------------------------------------------------------------------------------
@@ -145,10 +146,11 @@ def cat(settings: Settings, *, trace: str | None, topic: str | None, masked: boo
 
 
 def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None, out: TextIO,
-                   err: TextIO) -> int:
+                   err: TextIO, deep: bool = False) -> int:
     backend = open_backend(settings)
     key = settings.archive_signing_key.reveal().encode() or None
-    report = verify(backend, signing_key=key, from_ms=from_ms, to_ms=to_ms)
+    reader = Reader(backend, key_ring(settings, backend)) if deep else None
+    report = verify(backend, signing_key=key, from_ms=from_ms, to_ms=to_ms, deep=reader)
     for problem in report.problems:
         print(f"BROKEN {problem}", file=out)
     for line in report.erasures:
@@ -159,6 +161,7 @@ def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None
         print(f"note: {note}", file=err)
     summary = (f"{report.partitions} partitions, {report.entries} chain entries, "
                f"{report.segments} segments ({report.events} events) hashed"
+               f"{' and decoded' if deep else ''}"
                f"{', signatures checked' if report.signed else ''}")
     if report.open_segments:
         summary += (f"; {report.open_segments} open segments ({report.open_events} events) not "
@@ -300,8 +303,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     users = _users(users_file, err)
     if ruleset is None or (baseline and base_rules is None) or users is None:
         return EXIT_PROBLEMS
-    engine = cli_rules._engine(ruleset, settings, engine_choice)
-    base_engine = cli_rules._engine(base_rules, settings, engine_choice) if base_rules else None
+    engine = build_engine(ruleset, settings, engine_choice)
+    base_engine = build_engine(base_rules, settings, engine_choice) if base_rules else None
     output: BinaryIO | None = None
     if destination is not None:
         output = sys.stdout.buffer if destination == "-" else open(destination, "wb")  # noqa: SIM115
@@ -393,7 +396,8 @@ def _cmd_cat(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     start, end = _range(args)
-    return verify_command(settings, from_ms=start, to_ms=end, out=sys.stdout, err=sys.stderr)
+    return verify_command(settings, from_ms=start, to_ms=end, out=sys.stdout, err=sys.stderr,
+                          deep=args.deep)
 
 
 def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
@@ -458,6 +462,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Prints OK with counts, or every broken link with its segment and what is wrong "
         "(exit 1). Erasures and prunes recorded in the chain are listed.")
     _common(verify_parser)
+    verify_parser.add_argument("--deep", action="store_true",
+                               help="also decode (and decrypt, with the key) every record of "
+                               "every segment and compare the counts")
 
     query_parser = _add(
         commands, "query", _cmd_query, "SQL over the archived events (DuckDB).",

@@ -15,13 +15,14 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 
-from detectors import Engine, RuleSet, RuleSetError, build_alert, load_rules, run_examples
+from detectors import RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
 from detectors.stateful import StatefulRuleSet, load_stateful_rules, run_scenarios
+from pipeline.detection import build_engine
 from pipeline.lines import read_lines
 from pipeline.settings import Settings
 
@@ -85,13 +86,6 @@ def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
         return None
 
 
-def _engine(ruleset: RuleSet, settings: Settings, choice: str, **options: Any) -> Engine:
-    # "auto" follows LLMTRAIL_ENGINE_HYPERSCAN, like the worker.
-    use_hyperscan = {"auto": settings.engine_hyperscan, "hyperscan": True, "python": False}[choice]
-    salt = settings.fingerprint_salt.reveal().encode()
-    return Engine(ruleset, salt=salt, use_hyperscan=use_hyperscan, **options)
-
-
 def lint(paths: Sequence[Path], out: TextIO, err: TextIO) -> int:
     single, stateful_paths = split_paths(paths)
     code = EXIT_OK
@@ -124,7 +118,7 @@ def test(
     ruleset = _load(single or list(settings.rules), err)
     if ruleset is None:
         return EXIT_PROBLEMS
-    engine = _engine(ruleset, settings, engine_choice, include_disabled=True)
+    engine = build_engine(ruleset, settings, engine_choice, ml=False, include_disabled=True)
     failed = 0
     if single or not stateful_paths:
         failures = run_examples(ruleset, engine)
@@ -159,7 +153,7 @@ def scan(
     ruleset = _load(paths, err)
     if ruleset is None:
         return EXIT_PROBLEMS
-    engine = _engine(ruleset, settings, engine_choice)
+    engine = build_engine(ruleset, settings, engine_choice)
     progress = err.isatty()
     events = invalid = size = 0
     by_rule: Counter[str] = Counter()

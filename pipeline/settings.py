@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.matcher import hyperscan_available
+from detectors.ml import DEFAULT_MODEL
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _REPO_RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -126,6 +127,15 @@ class Settings:
         "LLMTRAIL_ENGINE_HYPERSCAN", hyperscan_available(),
         "Scan with Hyperscan (literal pass, per-regex prefilters; same findings, faster); "
         "on when installed.",
+    )
+    ml: bool = _setting(
+        "LLMTRAIL_ML", True,
+        "Run the ML injection/jailbreak classifier: alone on tool results, as a second opinion "
+        "that escalates rule findings on prompts.",
+    )
+    ml_model: Path = _setting(
+        "LLMTRAIL_ML_MODEL", DEFAULT_MODEL,
+        "Model file of the classifier (made by bench/train_classifier.py).",
     )
     max_event_bytes: int = _setting(
         "LLMTRAIL_MAX_EVENT_BYTES", 1_048_576, "Events larger than this are dead-lettered."
