@@ -161,9 +161,10 @@ class Reader:
             data = self.backend.get(sid.relpath)
         except ObjectMissing:
             data = None
-        yield from self._decoded(sid, data)
+        yield from self.decoded(sid, data)
 
-    def _decoded(self, sid: SegmentId, data: bytes | None) -> Iterator[ArchivedRecord]:
+    def decoded(self, sid: SegmentId, data: bytes | None) -> Iterator[ArchivedRecord]:
+        """The records of segment ``sid`` read as ``data`` (None: it was gone)."""
         where = self.where(sid)
         if data is None:
             log.warning("%s: listed but gone when opened; skipped", where)
@@ -177,7 +178,7 @@ class Reader:
         Kafka timestamp is inside it. Segments are fetched a few at a time ahead of reading."""
         sids = {sid.relpath: sid for sid in self.segments(topic) if sid.overlaps(from_ms, to_ms)}
         for key, data in fetch(self.backend, sids, workers=4):
-            for record in self._decoded(sids[key], data):
+            for record in self.decoded(sids[key], data):
                 if (from_ms is None or record.timestamp_ms >= from_ms) and (
                         to_ms is None or record.timestamp_ms < to_ms):
                     yield record

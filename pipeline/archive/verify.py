@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 from pipeline.archive.backend import Backend, ObjectMissing, fetch
 from pipeline.archive.blocks import KIND_RECORDS, BlockScan
-from pipeline.archive.catalog import Catalog, ChainView, load_catalog
+from pipeline.archive.catalog import Catalog, ChainView, SegmentState, load_catalog
 from pipeline.archive.chain import Chain, entry_key, signature
+from pipeline.archive.crypto import ArchiveKeyError
 from pipeline.archive.errors import CorruptSegmentError
 from pipeline.archive.layout import SegmentId
+from pipeline.archive.reader import Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,14 @@ class Report:
 
 
 def verify(backend: Backend, *, signing_key: bytes | None, from_ms: int | None = None,
-           to_ms: int | None = None) -> Report:
+           to_ms: int | None = None, deep: Reader | None = None) -> Report:
+    """Check the chains and the segments' hashes; with ``deep`` (a reader, holding the key
+    ring when the archive is encrypted), also decode every record of every hashed segment."""
     catalog = load_catalog(backend, Chain(backend))
     report = Report(partitions=len(catalog.chains), signed=signing_key is not None)
     for view in sorted(catalog.chains.values(), key=lambda v: (v.topic, v.partition)):
         _check_chain(backend, view, signing_key, report)
-    _check_segments(backend, catalog, from_ms, to_ms, report)
+    _check_segments(backend, catalog, from_ms, to_ms, report, deep=deep)
     _check_unchained(backend, catalog, from_ms, to_ms, report)
     return report
 
@@ -118,7 +122,7 @@ def _check_chain(backend: Backend, view: ChainView, key: bytes | None, report: R
 
 
 def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_ms: int | None,
-                    report: Report) -> None:
+                    report: Report, *, deep: Reader | None) -> None:
     owner_of = {state.sha256: key for key, state in catalog.segments.items() if state.sha256}
     to_hash = []
     for key, state in sorted(catalog.segments.items(), key=lambda item: item[1].sid):
@@ -146,6 +150,8 @@ def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_
         report.segments += 1
         if digest == state.sha256:
             report.events += state.count
+            if deep is not None:
+                _decode_all(deep, state, data, where, report)
             continue
         if len(data) != state.size:
             what = (f"size {len(data)} bytes, its manifest says {state.size} "
@@ -158,6 +164,20 @@ def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_
         elif digest in state.history:
             what += "; it still holds its bytes from before an erasure: re-run archive erase"
         report.problems.append(Problem(where, what))
+
+
+def _decode_all(reader: Reader, state: SegmentState, data: bytes, where: str,
+                report: Report) -> None:
+    """Decode (and decrypt) every record: what a hash cannot tell, such as a writer's bug."""
+    try:
+        count = sum(1 for _ in reader.decoded(state.sid, data))
+    except (CorruptSegmentError, ArchiveKeyError) as exc:
+        report.problems.append(Problem(where, f"hash matches but the content does not decode: "
+                                       f"{exc}"))
+        return
+    if count != state.count:
+        report.problems.append(Problem(where, f"holds {count} events, its manifest says "
+                                       f"{state.count}"))
 
 
 def _check_unchained(backend: Backend, catalog: Catalog, from_ms: int | None,

@@ -210,3 +210,22 @@ def test_the_command_as_a_user_runs_it(tmp_path: Path) -> None:
     assert "LLMTRAIL_ARCHIVE_KEY: expected a 32-byte key as base64 or hex" in bad_key.stderr
     window = _cli(settings, "verify", "--from", "tomorrow")
     assert window.returncode == 2 and "'tomorrow' is not a time" in window.stderr
+
+
+def test_deep_verify_decodes_what_a_hash_cannot_judge(any_settings: Settings) -> None:
+    key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    settings = any_settings.replace(archive_key=Secret(key))
+    fill(settings, EVENTS)
+    out = io.StringIO()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=out, err=io.StringIO(),
+                          deep=True) == 0
+    assert "(40 events) hashed and decoded" in out.getvalue()
+    backend = open_backend(settings)
+    envelope = backend.list("_keys/")[0]
+    backend.put(envelope, backend.get(envelope).replace(b'"wrapped":"', b'"wrapped":"AAAA'))
+    out = io.StringIO()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=out, err=io.StringIO(),
+                          deep=True) == 1
+    assert "hash matches but the content does not decode: " in out.getvalue()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=io.StringIO(),
+                          err=io.StringIO()) == 0  # the segments themselves are intact
