@@ -72,7 +72,8 @@ def test_query_table_output_and_errors(any_settings: Settings) -> None:
     assert err.startswith("query error: ") and "nope" in err
 
 
-def test_query_masked_view(any_settings: Settings) -> None:
+def test_query_masked_view(tmp_path: Path) -> None:
+    any_settings = Settings.from_env({}, data_dir=tmp_path, engine_hyperscan=False)
     fill(any_settings, [event(1, text="mail me at ada.lovelace@proton.me")])
     _, out, _ = run_query(any_settings, "SELECT prompt.text AS t FROM events", masked=True)
     assert "ada.lovelace@proton.me" not in out and "***" in out
