@@ -145,12 +145,25 @@ def cat(settings: Settings, *, trace: str | None, topic: str | None, masked: boo
 # -- verify -------------------------------------------------------------------------------------
 
 
+def _read_anchor(path: Path | None) -> dict[str, dict[str, Any]] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        anchor = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"--anchor {path}: not JSON ({exc})") from None
+    if not isinstance(anchor, dict) or not all(isinstance(v, dict) for v in anchor.values()):
+        raise UsageError(f"--anchor {path}: expected the JSON object verify writes there")
+    return anchor
+
+
 def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None, out: TextIO,
-                   err: TextIO, deep: bool = False) -> int:
+                   err: TextIO, deep: bool = False, anchor: Path | None = None) -> int:
     backend = open_backend(settings)
     key = settings.archive_signing_key.reveal().encode() or None
     reader = Reader(backend, key_ring(settings, backend)) if deep else None
-    report = verify(backend, signing_key=key, from_ms=from_ms, to_ms=to_ms, deep=reader)
+    report = verify(backend, signing_key=key, from_ms=from_ms, to_ms=to_ms, deep=reader,
+                    anchor=_read_anchor(anchor))
     for problem in report.problems:
         print(f"BROKEN {problem}", file=out)
     for line in report.erasures:
@@ -168,6 +181,10 @@ def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None
                     "sealed yet")
     if report.ok:
         print(f"OK: {summary}", file=out)
+        if anchor is not None:
+            anchor.write_bytes(orjson.dumps(report.heads, option=orjson.OPT_INDENT_2))
+            print(f"anchor: chain heads written to {anchor}; keep it where the archive's "
+                  "writers cannot change it", file=err)
         return EXIT_OK
     print(f"FAILED: {len(report.problems)} problems; {summary}", file=out)
     return EXIT_PROBLEMS
@@ -397,7 +414,7 @@ def _cmd_cat(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     start, end = _range(args)
     return verify_command(settings, from_ms=start, to_ms=end, out=sys.stdout, err=sys.stderr,
-                          deep=args.deep)
+                          deep=args.deep, anchor=args.anchor)
 
 
 def _cmd_query(args: argparse.Namespace, settings: Settings) -> int:
@@ -462,6 +479,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Prints OK with counts, or every broken link with its segment and what is wrong "
         "(exit 1). Erasures and prunes recorded in the chain are listed.")
     _common(verify_parser)
+    verify_parser.add_argument("--anchor", type=Path, metavar="FILE",
+                               help="chain heads of an earlier verify: check that they are "
+                               "still there (finds newest entries cut off), then, if all is "
+                               "OK, write the current heads to FILE")
     verify_parser.add_argument("--deep", action="store_true",
                                help="also decode (and decrypt, with the key) every record of "
                                "every segment and compare the counts")

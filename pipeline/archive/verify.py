@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.archive.backend import Backend, ObjectMissing, fetch
 from pipeline.archive.blocks import KIND_RECORDS, BlockScan
@@ -47,6 +48,8 @@ class Report:
     erasures: list[str] = field(default_factory=list)
     prunes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per partition ("topic/partition"), the newest entry: its seq and SHA-256 (an anchor)."""
 
     @property
     def ok(self) -> bool:
@@ -54,16 +57,46 @@ class Report:
 
 
 def verify(backend: Backend, *, signing_key: bytes | None, from_ms: int | None = None,
-           to_ms: int | None = None, deep: Reader | None = None) -> Report:
+           to_ms: int | None = None, deep: Reader | None = None,
+           anchor: dict[str, dict[str, Any]] | None = None) -> Report:
     """Check the chains and the segments' hashes; with ``deep`` (a reader, holding the key
-    ring when the archive is encrypted), also decode every record of every hashed segment."""
+    ring when the archive is encrypted), also decode every record of every hashed segment;
+    with ``anchor`` (the :attr:`Report.heads` of an earlier run, kept elsewhere), also check
+    that every entry it names is still there, unchanged: what finds newest entries cut off."""
     catalog = load_catalog(backend, Chain(backend))
     report = Report(partitions=len(catalog.chains), signed=signing_key is not None)
     for view in sorted(catalog.chains.values(), key=lambda v: (v.topic, v.partition)):
         _check_chain(backend, view, signing_key, report)
+        if view.entries:
+            newest = view.entries[max(view.entries)]
+            report.heads[f"{view.topic}/{view.partition}"] = {"seq": newest.seq,
+                                                              "sha256": newest.digest}
+    for name, head in sorted((anchor or {}).items()):
+        _check_anchor(backend, catalog, name, head, report)
     _check_segments(backend, catalog, from_ms, to_ms, report, deep=deep)
     _check_unchained(backend, catalog, from_ms, to_ms, report)
     return report
+
+
+def _check_anchor(backend: Backend, catalog: Catalog, name: str, head: dict[str, Any],
+                  report: Report) -> None:
+    topic, _, partition_text = name.rpartition("/")
+    seq = head.get("seq")
+    if not partition_text.isdigit() or not isinstance(seq, int):
+        report.problems.append(Problem(name, f"anchor entry {head!r} is malformed"))
+        return
+    partition = int(partition_text)
+    where = backend.describe(entry_key(topic, partition, seq))
+    view = catalog.chains.get((topic, partition))
+    entry = None if view is None else view.entries.get(seq)
+    if entry is None:
+        newest = -1 if view is None else max(view.entries, default=-1)
+        report.problems.append(Problem(where, f"the anchor holds entry {seq} of "
+                                       f"{topic}[{partition}], the chain ends at entry "
+                                       f"{newest} (newest entries cut off)"))
+    elif entry.digest != head.get("sha256"):
+        report.problems.append(Problem(where, f"entry {seq} of {topic}[{partition}] is not the "
+                                       "one the anchor recorded (chain rewritten)"))
 
 
 def _check_chain(backend: Backend, view: ChainView, key: bytes | None, report: Report) -> None:

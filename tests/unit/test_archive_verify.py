@@ -21,7 +21,7 @@ from pipeline.archive.backend import Backend
 from pipeline.archive.chain import Chain, canonical, entry_key
 from pipeline.archive.config import open_backend
 from pipeline.archive.layout import parse_segment_key
-from pipeline.cli_archive import verify_command
+from pipeline.cli_archive import UsageError, verify_command
 from pipeline.settings import Secret, Settings
 from tests.s3_helpers import T0, TOPIC, event, fill
 
@@ -176,7 +176,7 @@ def test_signatures(any_settings: Settings, writer_key: str, reader_key: str, ex
 
 
 def test_window_arguments_are_checked() -> None:
-    from pipeline.cli_archive import UsageError, parse_time
+    from pipeline.cli_archive import parse_time
 
     assert parse_time("2026-11-22T14:00Z") == int(T0.timestamp() * 1000)
     assert parse_time("2026-11-22T14:00") == int(T0.timestamp() * 1000)
@@ -229,3 +229,42 @@ def test_deep_verify_decodes_what_a_hash_cannot_judge(any_settings: Settings) ->
     assert "hash matches but the content does not decode: " in out.getvalue()
     assert verify_command(settings, from_ms=None, to_ms=None, out=io.StringIO(),
                           err=io.StringIO()) == 0  # the segments themselves are intact
+
+
+def test_an_anchor_finds_newest_entries_cut_off(archived: tuple[Settings, Backend],
+                                                tmp_path: Path) -> None:
+    settings, backend = archived
+    anchor = tmp_path / "heads.json"
+    out, err = io.StringIO(), io.StringIO()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=out, err=err,
+                          anchor=anchor) == 0
+    assert f"anchor: chain heads written to {anchor}" in err.getvalue()
+    heads = orjson.loads(anchor.read_bytes())
+    newest = heads[f"{TOPIC}/0"]["seq"]
+    backend.delete(segment_keys(backend)[-1])  # the newest segment and its entry: the chain
+    backend.delete(_entry(backend, newest))  # that is left is valid on its own
+    assert run_verify(settings)[0] == 0
+    out = io.StringIO()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=out, err=io.StringIO(),
+                          anchor=anchor) == 1
+    assert (f"the anchor holds entry {newest} of {TOPIC}[0], the chain ends at entry "
+            f"{newest - 1} (newest entries cut off)") in out.getvalue()
+    assert orjson.loads(anchor.read_bytes()) == heads  # a failed run keeps the old anchor
+
+
+def test_an_anchor_finds_a_rewritten_chain(archived: tuple[Settings, Backend],
+                                           tmp_path: Path) -> None:
+    settings, backend = archived
+    anchor = tmp_path / "heads.json"
+    verify_command(settings, from_ms=None, to_ms=None, out=io.StringIO(), err=io.StringIO(),
+                   anchor=anchor)
+    newest = orjson.loads(anchor.read_bytes())[f"{TOPIC}/0"]["seq"]
+    _rewrite_entry(backend, newest, at="2030-01-01T00:00:00.000Z")
+    out = io.StringIO()
+    assert verify_command(settings, from_ms=None, to_ms=None, out=out, err=io.StringIO(),
+                          anchor=anchor) == 1
+    assert f"entry {newest} of {TOPIC}[0] is not the one the anchor recorded" in out.getvalue()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="expected the JSON object verify writes there"):
+        verify_command(settings, from_ms=None, to_ms=None, out=out, err=out, anchor=bad)
