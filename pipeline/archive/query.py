@@ -41,16 +41,16 @@ EVENT_COLUMNS = ("event_id", "kind", "ts", "trace_id", "session_id", "request_id
 
 
 def _chunks(records: Iterable[ArchivedRecord], transform: Callable[[bytes], bytes] | None,
-            skipped: list[int]) -> Iterator[pa.Table]:
+            seen: list[int]) -> Iterator[pa.Table]:
     columns: tuple[list[str], list[int], list[int], list[int], list[bytes]] = (
         [], [], [], [], [])
     topics, partitions, offsets, stamps, values = columns
     for record in records:
+        seen[0] += 1
         value = record.value if transform is None else transform(record.value)
         try:
             value.decode("utf-8")
         except UnicodeDecodeError:
-            skipped[0] += 1
             continue
         topics.append(record.topic)
         partitions.append(record.partition)
@@ -82,14 +82,15 @@ def _table(topics: list[str], partitions: list[int], offsets: list[int], stamps:
 
 def load_events(con: duckdb.DuckDBPyConnection, records: Iterable[ArchivedRecord], *,
                 transform: Callable[[bytes], bytes] | None = None) -> tuple[int, int]:
-    """Create the table ``events`` from ``records``; returns (rows, skipped non-JSON values)."""
+    """Create the table ``events`` from ``records``; returns (rows, records skipped because
+    their value is not a JSON object)."""
     projection = ", ".join(f'e."{name}" AS "{name}"' for name in EVENT_COLUMNS)
     con.execute(
         f"CREATE TABLE events AS SELECT {projection}, '' AS topic, 0 AS \"partition\", "  # noqa: S608 - fixed column list
         "0::BIGINT AS \"offset\", now() AS kafka_ts, ''::VARCHAR AS raw "
         f"FROM (SELECT from_json('{{}}', '{EVENT_V1}') AS e) WHERE false")
-    skipped = [0]
-    for chunk in _chunks(records, transform, skipped):
+    seen = [0]
+    for chunk in _chunks(records, transform, seen):
         con.register("chunk", chunk)
         con.execute(
             f"INSERT INTO events SELECT {projection}, topic, \"partition\", \"offset\", "  # noqa: S608
@@ -99,7 +100,7 @@ def load_events(con: duckdb.DuckDBPyConnection, records: Iterable[ArchivedRecord
         con.unregister("chunk")
     row = con.execute("SELECT count(*) FROM events").fetchone()
     rows = int(row[0]) if row else 0
-    return rows, skipped[0]
+    return rows, seen[0] - rows
 
 
 def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -141,3 +141,17 @@ def test_backtest_reports_rule_errors(any_settings: Settings, tmp_path: Path) ->
     assert backtest(any_settings, rules=[bad], baseline=None, users_file=None, from_ms=None,
                     to_ms=None, destination=None, engine_choice="python", err=err) == 1
     assert "bad.yaml" in err.getvalue()
+
+
+def test_query_skips_values_that_are_not_json_objects(tmp_path: Path) -> None:
+    from pipeline.archive import RawRecord, open_store
+
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    store = open_store(settings)
+    good = orjson.dumps(event(1))
+    store.append([RawRecord("llm.events", 0, o, 1_795_000_000_000, None, v, None)
+                  for o, v in enumerate([good, b"{not json", b"\xff\xfe", b"[1]"])])
+    store.close()
+    code, out, err = run_query(settings, "SELECT event_id FROM events")
+    assert code == 0 and out == '{"event_id":"e-1"}\n'
+    assert "1 events loaded in" in err and "(3 non-JSON values skipped)" in err
