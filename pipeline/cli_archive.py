@@ -25,7 +25,14 @@ from pipeline import cli_rules
 from pipeline.archive.backend import Backend, LocalBackend
 from pipeline.archive.catalog import load_catalog
 from pipeline.archive.chain import Chain
-from pipeline.archive.config import key_ring, open_backend, open_chain, open_reader, open_store
+from pipeline.archive.config import (
+    key_ring,
+    open_backend,
+    open_chain,
+    open_reader,
+    open_store,
+    signing_key,
+)
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.lifecycle import (
     RetentionError,
@@ -160,10 +167,9 @@ def _read_anchor(path: Path | None) -> dict[str, dict[str, Any]] | None:
 def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None, out: TextIO,
                    err: TextIO, deep: bool = False, anchor: Path | None = None) -> int:
     backend = open_backend(settings)
-    key = settings.archive_signing_key.reveal().encode() or None
     reader = Reader(backend, key_ring(settings, backend)) if deep else None
-    report = verify(backend, signing_key=key, from_ms=from_ms, to_ms=to_ms, deep=reader,
-                    anchor=_read_anchor(anchor))
+    report = verify(backend, signing_key=signing_key(settings), from_ms=from_ms, to_ms=to_ms,
+                    deep=reader, anchor=_read_anchor(anchor))
     for problem in report.problems:
         print(f"BROKEN {problem}", file=out)
     for line in report.erasures:

@@ -15,12 +15,8 @@ from pipeline.settings import Settings, SettingsError
 
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the archive settings (credentials never leave this call)."""
-    try:
-        import boto3  # noqa: PLC0415 - only the S3 backend needs it
-        from botocore.config import Config  # noqa: PLC0415
-    except ImportError as exc:  # pragma: no cover - boto3 is a runtime dependency
-        raise SettingsError("LLMTRAIL_ARCHIVE_BACKEND=s3 needs boto3: "
-                            "pip install boto3") from exc
+    import boto3  # noqa: PLC0415 - only the S3 backend pays for importing it
+    from botocore.config import Config  # noqa: PLC0415
     options: dict[str, Any] = {
         "region_name": settings.archive_s3_region or None,
         "endpoint_url": settings.archive_s3_endpoint or None,
