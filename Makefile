@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Compile the shipped rules' Hyperscan databases once into ~/.cache/llmtrail (a minute on
+	# the first install, then instant): workers and tests start warm instead of compiling.
+	$(BIN)/llmtrail rules warm
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -91,7 +91,7 @@ class PrefilterBank:
     """
 
     def __init__(self, cache_dir: Path | None = None) -> None:
-        self._cache_dir = cache_dir or default_cache_dir()
+        self._given_dir = cache_dir
         self._dbs: dict[str, Any] = {}  # source -> database, or None when Hyperscan refused it
         self._queued: set[str] = set()
         self._queue: queue.Queue[str] = queue.Queue()
@@ -100,6 +100,11 @@ class PrefilterBank:
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._disk_ok = True
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where databases are kept: as given, else :func:`default_cache_dir` (read when used)."""
+        return self._given_dir or default_cache_dir()
 
     @staticmethod
     def available() -> bool:
@@ -169,7 +174,7 @@ class PrefilterBank:
     def cached(self, material: str, build: Callable[[], Any]) -> Any:
         """The database ``build`` makes, kept on disk under a digest of ``material``."""
         key = f"{_hs.__version__}|{material}".encode("utf-8", "surrogatepass")
-        path = self._cache_dir / f"{hashlib.sha256(key).hexdigest()}.hsdb"
+        path = self.cache_dir / f"{hashlib.sha256(key).hexdigest()}.hsdb"
         try:
             return _hs.loadb(path.read_bytes(), _hs.HS_MODE_BLOCK)
         except (OSError, _hs.error):
@@ -202,7 +207,7 @@ class PrefilterBank:
             self._disk_ok = False
             log.warning(
                 "cannot cache Hyperscan prefilters in %s (%s); they are rebuilt at each start",
-                self._cache_dir,
+                self.cache_dir,
                 exc,
             )
 

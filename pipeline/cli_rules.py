@@ -21,6 +21,7 @@ import orjson
 
 from detectors import RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
+from detectors.prefilter import SHARED
 from detectors.stateful import StatefulRuleSet, load_stateful_rules, run_scenarios
 from pipeline.detection import build_engine
 from pipeline.lines import read_lines
@@ -210,6 +211,27 @@ def _utc_now() -> str:
 # -- argparse wiring --------------------------------------------------------------------
 
 
+def warm(paths: Sequence[Path], settings: Settings, out: TextIO, err: TextIO) -> int:
+    """Build the engine's Hyperscan databases for these rules and cache them on disk."""
+    ruleset = _load(split_paths(paths)[0], err)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    if not settings.engine_hyperscan:
+        print("Hyperscan is off (LLMTRAIL_ENGINE_HYPERSCAN=false): nothing to build", file=out)
+        return EXIT_OK
+    started = time.perf_counter()
+    engine = build_engine(ruleset, settings, ml=False)
+    print(f"compiling prefilters for {len(ruleset.rules)} rules (cached under "
+          f"{SHARED.cache_dir}) ...", file=err, flush=True)
+    engine.warm()
+    print(f"ready in {time.perf_counter() - started:.1f} s", file=out)
+    return EXIT_OK
+
+
+def _cmd_warm(args: argparse.Namespace, settings: Settings) -> int:
+    return warm(_paths(args, settings), settings, sys.stdout, sys.stderr)
+
+
 def _cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     return lint(_paths(args, settings), sys.stdout, sys.stderr)
 
@@ -272,6 +294,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     test_parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=paths_help)
     _engine_option(test_parser)
     test_parser.set_defaults(handler=_cmd_test)
+
+    warm_parser = rule_commands.add_parser(
+        "warm",
+        help="Compile the rules' Hyperscan databases into the on-disk cache.",
+        description="Build the literal and per-regex Hyperscan databases the engine uses for "
+        "these rules and store them in the cache ($XDG_CACHE_HOME/llmtrail/hyperscan, else "
+        "~/.cache/llmtrail/hyperscan). Workers build missing ones in the background anyway; "
+        "run this when building an image or before a rollout so they start warm.",
+    )
+    warm_parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=paths_help)
+    warm_parser.set_defaults(handler=_cmd_warm)
 
     scan_parser = subparsers.add_parser(
         "scan",

@@ -1,4 +1,4 @@
-"""`rules lint`, `rules test` and `scan` (pipeline/cli_rules.py), called directly."""
+"""`rules lint`, `rules test`, `rules warm` and `scan` (pipeline/cli_rules.py), called directly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import orjson
+import pytest
 
 from pipeline import cli_rules
 from pipeline.settings import Settings
@@ -73,3 +74,24 @@ def test_register_adds_commands() -> None:
     assert args.handler is not None and args.paths == [GOLDEN]
     args = parser.parse_args(["scan", "--input", "a", "--output", "b", "--rules", "r"])
     assert (args.input, args.output, args.rules, args.engine) == ("a", "b", [Path("r")], "auto")
+
+
+def test_warm_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    out, err = io.StringIO(), io.StringIO()
+    on = Settings.from_env({"LLMTRAIL_ENGINE_HYPERSCAN": "true"})
+    assert cli_rules.warm([GOLDEN], on, out, err) == 0
+    assert out.getvalue().startswith("ready in ")
+    assert str(tmp_path / "llmtrail" / "hyperscan") in err.getvalue()
+    assert list((tmp_path / "llmtrail" / "hyperscan").glob("*.hsdb"))
+
+
+def test_warm_without_hyperscan_or_with_bad_rules(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    off = Settings.from_env({"LLMTRAIL_ENGINE_HYPERSCAN": "false"})
+    assert cli_rules.warm([GOLDEN], off, out, err) == 0
+    assert "nothing to build" in out.getvalue()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: llmtrail.rules/v1\nrules: [{id: x}]\n")
+    assert cli_rules.warm([bad], off, io.StringIO(), err) == 1
+    assert f"{bad}:" in err.getvalue()
