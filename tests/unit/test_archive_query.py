@@ -116,6 +116,7 @@ def write_rule(path: Path, words: str, example: str) -> Path:
 
 def test_backtest_hits_per_rule_output_and_baseline(any_settings: Settings,
                                                     tmp_path: Path) -> None:
+    any_settings = any_settings.replace(ml=False)  # the rules alone (the classifier has its own)
     fill(any_settings, incident())
     new = write_rule(tmp_path / "new.yaml", '"export every", "refund policy"',
                      "export every file")
@@ -135,6 +136,7 @@ def test_backtest_hits_per_rule_output_and_baseline(any_settings: Settings,
 
 
 def test_backtest_reports_rule_errors(any_settings: Settings, tmp_path: Path) -> None:
+    any_settings = any_settings.replace(ml=False)
     bad = tmp_path / "bad.yaml"
     bad.write_text("schema: llmtrail.rules/v1\nrules:\n  - id: x\n")
     err = io.StringIO()
