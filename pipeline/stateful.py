@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +55,29 @@ Signature = Callable[[Sequence[Path]], Any]
 
 
 class TableStore:
-    """A Faust table behind :class:`detectors.stateful.Store` (used inside the agent only)."""
+    """One partition of a Faust table behind :class:`detectors.stateful.Store`.
 
-    def __init__(self, table: Any) -> None:
+    Writes go to the table's store and to the changelog partition named here
+    (what Faust's own ``table[key] = value`` does with the partition of the
+    event being processed), so a batch of records from several partitions can
+    be folded in one pass.
+    """
+
+    def __init__(self, table: Any, partition: int) -> None:
         self._table = table
+        self._partition = partition
 
     def get(self, key: str) -> Any:
         return self._table.get(key)
 
     def set(self, key: str, value: Any) -> None:
-        self._table[key] = value
+        self._table.data[key] = value
+        self._table.send_changelog(self._partition, key, value)
 
     def delete(self, key: str) -> None:
-        if key in self._table:
-            del self._table[key]
+        if key in self._table.data:
+            del self._table.data[key]
+            self._table.send_changelog(self._partition, key, None, value_serializer="raw")
 
 
 def stateful_topic(settings: Settings) -> str:
@@ -179,28 +188,40 @@ class StatefulStage:
 
     # -- stage two ---------------------------------------------------------------------
 
-    async def _stage_two(self, stream: Any) -> None:
+    async def _stage_two(self, stream: Any) -> AsyncIterator[None]:
+        """Fold whatever records are waiting, one pass per partition, then flush and fence once."""
         settings = self.settings
         producer = self.app.producer
-        store = TableStore(self.table)
-        async for event in stream.events():
-            message = event.message
-            observations, items = _decode(event.value)
-            alerts = self.detector.apply(observations, items, store, scope=str(message.partition),
-                                         context=self.users.get, detected_at=utc_now())
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            by_partition: dict[int, list[Any]] = {}
+            for event in events:
+                by_partition.setdefault(event.message.partition, []).append(event)
             pending = []
-            for alert in alerts:
-                value = orjson.dumps(alert)
-                key = str(alert.get("trace_id") or "").encode()
-                pending.append(await producer.send(settings.alerts_topic, key, value, None, None,
-                                                   None))
-                pending.append(await producer.send(settings.severity_topic(alert["severity"]),
-                                                   key, value, None, None, None))
+            for partition, records in sorted(by_partition.items()):
+                observations: list[Observation] = []
+                items: list[PatternAlert] = []
+                for record in records:
+                    more_observations, more_items = _decode(record.value)
+                    observations += more_observations
+                    items += more_items
+                alerts = self.detector.apply(observations, items,
+                                             TableStore(self.table, partition),
+                                             scope=str(partition), context=self.users.get,
+                                             detected_at=utc_now())
+                for alert in alerts:
+                    value = orjson.dumps(alert)
+                    key = str(alert.get("trace_id") or "").encode()
+                    topics = (settings.alerts_topic, settings.severity_topic(alert["severity"]))
+                    for topic in topics:
+                        pending.append(await producer.send(topic, key, value, None, None, None))
             await producer.flush()
-            self.table[f"{FENCE}{message.partition}"] = message.offset
+            for partition, records in by_partition.items():
+                TableStore(self.table, partition).set(f"{FENCE}{partition}",
+                                                      records[-1].message.offset)
             await producer.flush()
             if pending:
                 await asyncio.gather(*pending)
+            yield None
 
     # -- run-time changes ----------------------------------------------------------------
 
