@@ -53,7 +53,7 @@ CHUNK = 1500
 
 
 def window_matrix(
-    views: Sequence[str], bits: int, stride: int, power: float
+    views: Sequence[str], bits: int, stride: int, power: float, min_count: int
 ) -> tuple[sparse.csr_matrix, Any]:
     """One row per scoring window (scaled as the scorer scales it) and each row's text."""
     mats = []
@@ -72,6 +72,8 @@ def window_matrix(
             ]
         )
         cols = np.concatenate([*hashed.buckets, hashed.unigrams, hashed.bigrams[ok]])
+        counted = cols != (1 << bits)  # repetition and padding do not count
+        pos, cols = pos[counted], cols[counted]
         blocks = block_of[pos]
         counts = np.bincount(blocks, minlength=len(starts)).astype(np.int64)
         _, n, _ = ml.window_sums(counts.astype(np.float32), counts, hashed.text_blocks)
@@ -94,7 +96,8 @@ def window_matrix(
         sizes = np.asarray(mat.sum(axis=1)).ravel()
         if not np.array_equal(sizes, n[keep]):
             raise AssertionError("training windows disagree with the scorer's feature counts")
-        mat = sparse.diags(n[keep].astype(np.float32) ** -power) @ mat
+        scale = np.maximum(n[keep], min_count).astype(np.float32) ** -power
+        mat = sparse.diags(scale) @ mat
         mats.append(mat.tocsr().astype(np.float32))
         owner = np.repeat(np.arange(len(part)), np.diff(hashed.text_blocks))[keep] + lo
         owners.append(owner)
@@ -196,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--power", type=float, default=0.5, help="window vector = counts / n_features**power"
     )
     ap.add_argument(
+        "--min-count", type=int, default=64, help="scale as if a window had at least N features"
+    )
+    ap.add_argument(
         "--max-fpr",
         type=float,
         default=0.001,
@@ -225,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     train_views = [ml.keyword_view(r.text) for r in train]
-    x, owner = window_matrix(train_views, args.bits, args.stride, args.power)
+    x, owner = window_matrix(train_views, args.bits, args.stride, args.power, args.min_count)
     print(
         f"training matrix: {x.shape[0]} windows x {x.shape[1]} buckets, {x.nnz} entries "
         f"({time.perf_counter() - t0:.1f} s)"
@@ -252,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dict.fromkeys(ml.LABELS, 0.5),
                 stride=args.stride,
                 power=args.power,
+                min_count=args.min_count,
                 meta={},
             )
             scores = [s[head] for s in clf.score_views(val_views)]
@@ -279,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stride": args.stride,
             "window": 2 * args.stride,
             "scale_power": args.power,
+            "min_count": args.min_count,
             "char_ngrams": [3, 4, 5],
             "word_ngrams": [1, 2],
             "normalisation": "detectors.normalise keyword view, no payload decoding",

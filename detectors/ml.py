@@ -16,8 +16,9 @@ every machine, unlike Python's salted ``hash()``.
 
 The padded text is cut into blocks of ``stride`` bytes; a window is two
 consecutive blocks (one block when the text fits in one). A window's feature
-vector is its bucket counts divided by its feature count to the power
-``scale_power`` (0.5 in the shipped model),
+vector is its bucket counts divided by its feature count (at least
+``min_count``, so a handful of features cannot make an extreme score) to the
+power ``scale_power`` (0.5 in the shipped model),
 and its score per label is ``sigmoid(bias + weights . vector)``. A text's
 score is the maximum over its windows, so an injection at the end of a long
 benign document is scored on its own window, not diluted by the whole text.
@@ -66,6 +67,8 @@ _KUNI = np.uint32(0xD3A2646D)
 _KBI_LEFT = np.uint32(0xFD7046C5)
 _KBI = np.uint32(0xB55A4F09)
 _EIGHT = np.uint32(8)
+_SPACES3 = np.uint32(0x202020)
+REPEAT_SPAN = 8
 _SIXTEEN = np.uint32(16)
 _WORD_BYTES = np.zeros(256, dtype=bool)
 _WORD_BYTES[ord("a") : ord("z") + 1] = True
@@ -101,12 +104,17 @@ class Hashed:
     ``buckets[n - 3, p]`` is the bucket of the n-gram at buffer position ``p``;
     ``words``/``unigrams`` the first byte and bucket of each word;
     ``bigrams[i]`` the bucket of words ``i`` and ``i + 1`` (valid only where
-    ``bigram_ok[i]``: both in one text). ``block_starts`` cut the buffer into
-    blocks; text ``t`` owns blocks ``text_blocks[t]:text_blocks[t + 1]``.
+    ``bigram_ok[i]``: both in one text, and not the same word). Features that
+    do not count (repetition, padding) have the bucket ``2**bits``, whose
+    weight is zero; ``kept[p]`` / ``word_kept[i]`` say which count.
+    ``block_starts`` cut the buffer into blocks; text ``t`` owns blocks
+    ``text_blocks[t]:text_blocks[t + 1]``.
     """
 
     length: int
     buckets: U32
+    kept: npt.NDArray[np.bool_]
+    word_kept: npt.NDArray[np.bool_]
     words: I64
     unigrams: U32
     bigrams: U32
@@ -142,6 +150,14 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     for row, codes, k in ((buckets[0], h3, _K3), (buckets[1], h4, _K4), (buckets[2], h5, _K5)):
         np.multiply(codes[:length], k, out=row)
         np.right_shift(row, shift, out=row)
+    # Repetition: a position whose 4 bytes also start 1-REPEAT_SPAN bytes earlier
+    # ("-----", "| --- | --- |", "ha ha ha") adds nothing; neither does padding
+    # (the keyword view never holds two spaces in a row).
+    null = np.uint32(1 << bits)
+    kept = h3[:length] != _SPACES3
+    for d in range(1, REPEAT_SPAN + 1):
+        kept[d:] &= h4[d:length] != h4[: length - d]
+    buckets[:, ~kept] = null
 
     word = _WORD_BYTES[buf[: length + 1]]
     edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # padding: never a word at 0 or the end
@@ -156,15 +172,19 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     code = part[ends - 1] - part[starts - 1]
     unigrams = (code * _KUNI) >> shift
     bigrams = ((code[:-1] * _KBI_LEFT + code[1:]) * _KBI) >> shift
+    again = code[1:] == code[:-1]  # a word repeating the one before it
+    word_kept = np.ones(len(code), dtype=bool)
+    word_kept[1:] = ~again
+    unigrams[~word_kept] = null
     if len(units) == 1:
-        bigram_ok = np.ones(max(len(code) - 1, 0), dtype=bool)
+        bigram_ok = ~again
         text_blocks = np.array([0, (length + stride - 1) // stride], dtype=np.int64)
         block_starts = np.arange(0, length, stride, dtype=np.int64)
     else:
         unit_starts = np.zeros(len(units) + 1, dtype=np.int64)
         np.cumsum(lengths, out=unit_starts[1:])
         owner = np.searchsorted(unit_starts, starts, side="right")
-        bigram_ok = owner[:-1] == owner[1:]
+        bigram_ok = (owner[:-1] == owner[1:]) & ~again
         per_text = (lengths + stride - 1) // stride
         text_blocks = np.zeros(len(units) + 1, dtype=np.int64)
         np.cumsum(per_text, out=text_blocks[1:])
@@ -174,6 +194,8 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     return Hashed(
         length=length,
         buckets=buckets,
+        kept=kept,
+        word_kept=word_kept,
         words=starts.astype(np.int64),
         unigrams=unigrams,
         bigrams=bigrams,
@@ -205,8 +227,9 @@ def window_sums(sums: F32, counts: I64, text_blocks: I64) -> tuple[F32, I64, I64
 def _block_sums(hashed: Hashed, weights: F32) -> tuple[F32, I64]:
     """Per block: the summed weights of its features (per label) and its feature count.
 
-    ``weights`` is label-major, ``(labels, 2**bits)``: one gather per label and
-    feature kind is much cheaper than gathering rows of a bucket-major table.
+    ``weights`` is label-major, ``(labels, 2**bits + 1)`` (the last bucket, for
+    features that do not count, is zero): one gather per label and feature kind
+    is much cheaper than gathering rows of a bucket-major table.
     """
     b3, b4, b5 = hashed.buckets
     ok = hashed.bigram_ok
@@ -221,8 +244,8 @@ def _block_sums(hashed: Hashed, weights: F32) -> tuple[F32, I64]:
         contrib[hashed.words] += row.take(hashed.unigrams)
         contrib[paired] += row.take(bigrams)
         sums[:, k] = np.add.reduceat(contrib, starts)
-    counts = np.full(hashed.length, 3, dtype=np.int64)  # the 3-, 4- and 5-gram of each byte
-    counts[hashed.words] += 1
+    counts = hashed.kept * 3  # the 3-, 4- and 5-gram of each kept byte
+    counts[hashed.words[hashed.word_kept]] += 1
     counts[paired] += 1
     return sums, np.add.reduceat(counts, starts)
 
@@ -238,6 +261,7 @@ class Classifier:
         *,
         stride: int,
         power: float,
+        min_count: int,
         meta: dict[str, Any],
     ) -> None:
         bits = int(weights.shape[0]).bit_length() - 1
@@ -245,11 +269,13 @@ class Classifier:
             raise ModelError(
                 f"weights must have shape (2**bits, {len(LABELS)}), not {weights.shape}"
             )
-        self._weights = np.ascontiguousarray(weights.T, dtype=np.float32)
+        self._weights = np.zeros((len(LABELS), (1 << bits) + 1), dtype=np.float32)
+        self._weights[:, :-1] = weights.T
         self._biases = biases
         self._bits = bits
         self._stride = stride
         self._power = np.float32(power)
+        self._min_count = max(min_count, 1)
         self.thresholds = dict(thresholds)
         self.meta = meta
 
@@ -297,9 +323,12 @@ class Classifier:
             thresholds = {label: float(meta["threshold"][label]) for label in LABELS}
             stride = int(meta["features"]["stride"])
             power = float(meta["features"]["scale_power"])
+            min_count = int(meta["features"]["min_count"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: model header lacks or mistypes {exc}") from None
-        return cls(weights, biases, thresholds, stride=stride, power=power, meta=meta)
+        return cls(
+            weights, biases, thresholds, stride=stride, power=power, min_count=min_count, meta=meta
+        )
 
     @property
     def bits(self) -> int:
@@ -352,7 +381,7 @@ class Classifier:
         hashed = hash_features(views, self._bits, self._stride)
         sums, counts = _block_sums(hashed, self._weights)
         total, n, _ = window_sums(sums, counts, hashed.text_blocks)
-        scale = np.maximum(n, 1).astype(np.float32) ** -self._power
+        scale = np.maximum(n, self._min_count).astype(np.float32) ** -self._power
         logits = total * scale[:, None]
         logits += self._biases
         logits[n == 0] = -np.inf

@@ -85,6 +85,19 @@ def test_benign_texts_stay_under_both_thresholds(clf: Classifier, text: str) -> 
     assert all(scores[label] < clf.thresholds[label] for label in LABELS), scores
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\t \n", "-" * 3000, "ha " * 2000, "| --- | --- |\n" * 300],
+)
+def test_empty_and_repetitive_texts_are_not_flagged(clf: Classifier, text: str) -> None:
+    scores = clf.score(text)
+    assert all(scores[label] < clf.thresholds[label] for label in LABELS), scores
+
+
+def test_text_without_counted_features_scores_zero(clf: Classifier) -> None:
+    assert clf.score_batch(["", "  ", "ok"])[:2] == [dict.fromkeys(LABELS, 0.0)] * 2
+
+
 def test_shipped_model_header(clf: Classifier) -> None:
     assert set(clf.thresholds) == set(LABELS)
     assert all(0.5 <= t < 1.0 for t in clf.thresholds.values())
@@ -169,12 +182,11 @@ def test_findings_many_equals_one_field_at_a_time(clf: Classifier) -> None:
     fields = [(f"prompt.messages[{i}].content", normalise(t)) for i, t in enumerate(texts)]
     many = clf.findings_many(fields)
     assert many == [clf.findings(name, norm) for name, norm in fields]
-    assert [sorted(f.category for f in found) for found in many] == [
-        [],
-        ["prompt_injection"],
-        ["jailbreak"],
-        ["prompt_injection"],
-    ]
+    categories = [{f.category for f in found} for found in many]
+    assert categories[0] == set()
+    assert "prompt_injection" in categories[1]
+    assert "jailbreak" in categories[2]
+    assert "prompt_injection" in categories[3]
 
 
 @pytest.mark.parametrize("text", BENIGN)
@@ -200,7 +212,7 @@ def good_meta() -> dict[str, object]:
         "labels": list(LABELS),
         "bias": dict.fromkeys(LABELS, 0.0),
         "threshold": dict.fromkeys(LABELS, 0.9),
-        "features": {"stride": 128, "scale_power": 0.5},
+        "features": {"stride": 128, "scale_power": 0.5, "min_count": 1},
     }
 
 
