@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from detectors.fields import iter_strings, split_selector, values_at
+from detectors.fields import iter_leaves, iter_strings, split_selector, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
 from detectors.ml import Classifier
@@ -60,10 +60,11 @@ _NO_PAYLOADS = Limits(max_payloads=0)
 
 class Hit(NamedTuple):
     field: int  # index into the event's scanned fields; -1 for a value test
-    start: int  # span in the original field text
+    start: int  # span in the original field text (a value test: the whole value, or -1)
     end: int
-    value: str  # the matched text as the matcher saw it (selector for value tests)
+    value: str  # the matched text as the matcher saw it (a value test: the value's path)
     boost: float
+    witness: str = ""  # a value test: the value that satisfied it, as text
 
 
 @dataclass(slots=True)
@@ -339,10 +340,15 @@ class _Evaluation:
         if isinstance(node, NotOf):
             return None if self.node(node.child) is not None else []
         if isinstance(node, ValueLeaf):
-            values, present = values_at(self.event, split_selector(node.selector))
-            return (
-                [Hit(-1, -1, -1, node.selector, 0.0)] if node.test.holds(values, present) else None
-            )
+            segments = split_selector(node.selector)
+            values, present = values_at(self.event, segments)
+            if not node.test.holds(values, present):
+                return None
+            for path, value in iter_leaves(self.event, segments):
+                if node.test.accepts(value):  # the value to show as evidence
+                    text = _as_text(value)
+                    return [Hit(-1, 0, len(text), path, 0.0, text)]
+            return [Hit(-1, -1, -1, node.selector, 0.0)]  # held on absence or on the whole list
         key = id(node)
         if key not in self.cache:
             if isinstance(node, KeywordLeaf):
@@ -580,6 +586,12 @@ def _windows(
     return merged
 
 
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _finding(rule: Rule, hits: list[Hit], fields: Sequence[_Field], salt: bytes) -> Finding:
     text_hits = sorted({h for h in hits if h.field >= 0}, key=lambda h: (h.field, h.start, h.end))
     evidence: list[Evidence] = []
@@ -604,7 +616,18 @@ def _finding(rule: Rule, hits: list[Hit], fields: Sequence[_Field], salt: bytes)
             )
         field_path = fields[first].path
     else:
-        field_path = next((h.value for h in hits if h.field < 0), "")
+        value_hit = next((h for h in hits if h.field < 0), None)
+        field_path = value_hit.value if value_hit is not None else ""
+        if value_hit is not None and value_hit.start >= 0:
+            shown = value_hit.witness
+            evidence.append(
+                Evidence(
+                    0,
+                    len(shown),
+                    excerpt(shown, 0, len(shown), masked=rule.mask),
+                    fingerprint(shown, salt) if rule.mask else None,
+                )
+            )
     boost = max((h.boost for h in hits), default=0.0)
     return Finding(
         rule_id=rule.id,

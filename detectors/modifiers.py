@@ -218,6 +218,10 @@ class ValueTest:
     match_all: bool
     exists: bool | None = None
 
+    def accepts(self, value: Scalar) -> bool:
+        """One value satisfies a predicate (what a finding shows as its evidence)."""
+        return self.exists is None and any(p(value) for p in self.predicates)
+
     def holds(self, values: Sequence[Scalar], present: bool) -> bool:
         if self.exists is not None:
             return present is self.exists

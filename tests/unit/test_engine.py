@@ -171,3 +171,77 @@ def test_engine_over_shipped_rules_builds_fast() -> None:
         started = time.perf_counter()
         Engine(ruleset, use_hyperscan=use_hyperscan)
         assert time.perf_counter() - started < 30  # generous: a hang, not a timing test
+
+
+VALUE_RULES = """\
+schema: llmtrail.rules/v1
+rules:
+  - id: v-payroll
+    title: Payroll endpoint
+    description: A tool call to a payroll API.
+    severity: medium
+    category: tool_abuse
+    owasp: [LLM06]
+    applies_to: [tool_call]
+    condition:
+      "tool.endpoint|contains": /payroll
+    examples:
+      match:
+        - {kind: tool_call, tool: {name: http.get, endpoint: "https://hr.internal/payroll/7"}}
+      no_match:
+        - {kind: tool_call, tool: {name: http.get, endpoint: "https://crm.internal/x"}}
+  - id: v-recipient
+    title: Mail to a private address
+    description: A recipient on a free mail domain.
+    severity: low
+    category: pii
+    owasp: [LLM02]
+    applies_to: [tool_call]
+    condition:
+      "tool.arguments.to|endswith": "@mail.example"
+    examples:
+      match:
+        - kind: tool_call
+          tool: {name: mail.send, arguments: {to: [a@corp.example, jane.doe@mail.example]}}
+      no_match:
+        - {kind: tool_call, tool: {name: mail.send, arguments: {to: [a@corp.example]}}}
+  - id: v-unauthenticated
+    title: Unauthenticated tool call
+    description: The call went out without authentication.
+    severity: low
+    category: tool_abuse
+    owasp: [LLM06]
+    applies_to: [tool_call]
+    condition:
+      "tool.authenticated|equals": false
+    examples:
+      match: [{kind: tool_call, tool: {name: x, authenticated: false}}]
+      no_match: [{kind: tool_call, tool: {name: x, authenticated: true}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("tool", "rule_id", "field", "excerpt"),
+    [
+        ({"name": "http.get", "endpoint": "https://hr.internal/payroll/7"}, "v-payroll",
+         "tool.endpoint", "https://hr.internal/payroll/7"),
+        ({"name": "mail.send", "arguments": {"to": ["a@corp.example", "jane.doe@mail.example"]}},
+         "v-recipient", "tool.arguments.to[1]", "jane*************mple"),
+        ({"name": "x", "authenticated": False}, "v-unauthenticated", "tool.authenticated",
+         "false"),
+    ],
+)
+def test_value_test_findings_show_the_value(tmp_path: Path, tool: dict[str, Any], rule_id: str,
+                                            field: str, excerpt: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(VALUE_RULES)
+    ruleset = load_rules([path])
+    assert run_examples(ruleset, Engine(ruleset)) == []
+    event = {"event_id": "e", "trace_id": "t", "ts": "2026-01-01T00:00:00Z", "kind": "tool_call",
+             "tool": tool}
+    (finding,) = Engine(ruleset, salt=b"s").scan(event)
+    assert (finding.rule_id, finding.field) == (rule_id, field)
+    (evidence,) = finding.evidence
+    assert evidence.excerpt == excerpt
+    assert (evidence.start, evidence.end) == (0, len(excerpt))
+    assert (evidence.fingerprint is not None) is (finding.category == "pii")
