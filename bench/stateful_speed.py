@@ -15,6 +15,12 @@ raised by stage two (five injections per sentinel user, one user per pair of
 event partition and state partition), so stage two's work is inside the
 measured time.
 
+Wall-clock throughput on a shared machine is noisy, so for (2) and (3) the
+script also prints the worker process's own CPU time per event (user +
+system, from /proc, counted from its ready line to the end of the run):
+the difference is what stateful detection costs the worker, whatever else
+the machine is doing.
+
     python bench/stateful_speed.py [--events 20000] [--seed 11] [--repeat 1]
 
 With ``--repeat N`` each of the three runs N times, interleaved, and the
@@ -69,11 +75,20 @@ def burst_sentinels(settings: Settings) -> tuple[list[tuple[int, bytes]], set[st
     return events, closing
 
 
-def run_full(base: Settings, items: list[tuple[bytes, bytes]], *, stateful: bool) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_full(base: Settings, items: list[tuple[bytes, bytes]], *,
+             stateful: bool) -> tuple[float, float]:
+    """Events/s and the worker's CPU microseconds per event."""
     settings = base_bench.fresh(base.replace(stateful=stateful))
     asyncio.run(ensure_topics(settings))
     worker = start_worker(settings)
     try:
+        cpu_at_start = cpu_seconds(worker.pid)
         sentinels = [base_bench.sentinel(settings, p) for p in range(settings.partitions)]
         wanted = {orjson.loads(v)["event_id"] for _, v in sentinels}
         if stateful:
@@ -92,7 +107,8 @@ def run_full(base: Settings, items: list[tuple[bytes, bytes]], *, stateful: bool
             finished = max(await task, base_bench.wait_archive(settings, expected, deadline))
             return expected / (finished - started)
 
-        return asyncio.run(measure())
+        rate = asyncio.run(measure())
+        return rate, (cpu_seconds(worker.pid) - cpu_at_start) / (len(items) + 1) * 1e6
     finally:
         worker.stop()
 
@@ -113,19 +129,27 @@ def main() -> None:
         print(f"{len(items)} events, mean {size:.0f} B, 1 worker, 2 partitions, embedded broker"
               f", best of {args.repeat}")
         runs: dict[str, list[float]] = {"passthrough": [], "off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
         for _ in range(args.repeat):
             runs["passthrough"].append(base_bench.run_throughput(base, "passthrough", items))
-            runs["off"].append(run_full(base, items, stateful=False))
-            runs["on"].append(run_full(base, items, stateful=True))
-            print("  run:", ", ".join(f"{mode} {values[-1]:.0f}" for mode, values in runs.items()),
+            for mode in ("off", "on"):
+                rate, per_event = run_full(base, items, stateful=mode == "on")
+                runs[mode].append(rate)
+                cpu[mode].append(per_event)
+            print("  run:", ", ".join(f"{mode} {values[-1]:.0f}/s" for mode, values in runs.items()),
+                  "| worker CPU per event:",
+                  ", ".join(f"{mode} {values[-1]:.0f} us" for mode, values in cpu.items()),
                   flush=True)
         passthrough, plain, full = (max(runs[mode]) for mode in ("passthrough", "off", "on"))
+        cpu_off, cpu_on = min(cpu["off"]), min(cpu["on"])
         print(f"pass-through agent         : {passthrough:8.0f} events/s")
         print(f"full pipeline, stateful off: {plain:8.0f} events/s  "
               f"ratio {plain / passthrough:.2f}")
         print(f"full pipeline, stateful on : {full:8.0f} events/s  "
               f"ratio {full / passthrough:.2f} (target >= 0.70); "
               f"stateful on/off {full / plain:.2f}")
+        print(f"worker CPU per event (least of runs): stateful off {cpu_off:.0f} us, on "
+              f"{cpu_on:.0f} us: stateful detection costs {cpu_on - cpu_off:.0f} us per event")
 
 
 if __name__ == "__main__":
