@@ -157,7 +157,9 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     kept = h3[:length] != _SPACES3
     for d in range(1, REPEAT_SPAN + 1):
         kept[d:] &= h4[d:length] != h4[: length - d]
-    buckets[:, ~kept] = null
+    dropped = ~kept
+    for row in buckets:
+        np.copyto(row, null, where=dropped)
 
     word = _WORD_BYTES[buf[: length + 1]]
     edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # padding: never a word at 0 or the end
