@@ -198,16 +198,11 @@ class StatefulStage:
                 by_partition.setdefault(event.message.partition, []).append(event)
             pending = []
             for partition, records in sorted(by_partition.items()):
-                observations: list[Observation] = []
-                items: list[PatternAlert] = []
-                for record in records:
-                    more_observations, more_items = _decode(record.value)
-                    observations += more_observations
-                    items += more_items
-                alerts = self.detector.apply(observations, items,
-                                             TableStore(self.table, partition),
-                                             scope=str(partition), context=self.users.get,
-                                             detected_at=utc_now())
+                try:
+                    alerts = self._fold(partition, records)
+                except Exception as exc:  # a bug must not stall the partition: dead-letter
+                    pending += await self._dead_letter(records, exc)
+                    continue
                 for alert in alerts:
                     value = orjson.dumps(alert)
                     key = str(alert.get("trace_id") or "").encode()
@@ -222,6 +217,35 @@ class StatefulStage:
             if pending:
                 await asyncio.gather(*pending)
             yield None
+
+    def _fold(self, partition: int, records: list[Any]) -> list[dict[str, Any]]:
+        """One partition's records into its state; the alerts to send. State is written
+        only at the end (``BatchState.flush``), so a failure leaves it untouched."""
+        observations: list[Observation] = []
+        items: list[PatternAlert] = []
+        for record in records:
+            more_observations, more_items = _decode(record.value)
+            observations += more_observations
+            items += more_items
+        return self.detector.apply(observations, items, TableStore(self.table, partition),
+                                   scope=str(partition), context=self.users.get,
+                                   detected_at=utc_now())
+
+    async def _dead_letter(self, records: list[Any], exc: Exception) -> list[Awaitable[Any]]:
+        from pipeline.app import _incoming  # noqa: PLC0415 - pipeline.app imports this module
+
+        first, last = records[0].message, records[-1].message
+        log.exception("stateful stage two failed on %s[%d]@%d..%d", first.topic, first.partition,
+                      first.offset, last.offset)
+        reason = f"internal error in stateful stage two: {type(exc).__name__}: {exc}"
+        failed_at = utc_now()
+        return [
+            await self.app.producer.send(
+                self.settings.deadletter_topic, None,
+                dead_letter(_incoming(record), reason, stage="stateful", failed_at=failed_at),
+                None, None, None)
+            for record in records
+        ]
 
     # -- run-time changes ----------------------------------------------------------------
 
