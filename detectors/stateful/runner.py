@@ -88,10 +88,43 @@ def correlation_alert(
     digest = hashlib.blake2b(
         "\x1f".join((rule.id, fired.key, *fired.events)).encode(), digest_size=16)
     alert = build_alert(finding, event, detected_at=detected_at, alert_id=digest.hexdigest())
-    alert["field"] = None
+    text = summary(rule, fired)
+    alert["field"] = rule.by_text
+    alert["evidence"] = [{"start": 0, "end": len(text), "excerpt": text}]
     alert["correlation"] = {"kind": rule.kind, "by": rule.by_text, "key": fired.key,
                             "events": list(fired.events), **fired.detail}
     return alert
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def summary(rule: StatefulRule, fired: Fired) -> str:
+    """One line a person reads: what the rule saw (the alert's evidence excerpt)."""
+    d = fired.detail
+    kind = rule.kind
+    if kind == "threshold":
+        text = f"{d['count']} matching events within {_span(d['window_s'])}"
+    elif kind == "distinct":
+        text = f"{d['distinct']} distinct values within {_span(d['window_s'])}"
+    elif kind == "sequence":
+        text = " → ".join(d["steps"]) + f" within {_span(d['within_s'])}"
+    elif kind == "baseline":
+        base = "" if d["baseline"] is None else f" vs baseline {d['baseline']:.6g}"
+        over = "" if d["aggregate"] == "each" else f" over {d['samples']} events"
+        text = f"{d['aggregate']} {d['observed']:.6g}{base}{over}"
+    elif kind == "campaign":
+        text = f"{d['distinct_users']} users within {_span(d['window_s'])}: " + ", ".join(
+            d["users"][:10])
+    elif "local_time" in d:
+        text = f"at {d['local_time']} {d['timezone']}, work hours {d['work_hours']}"
+    else:
+        text = f"from {d['geo']}, usually {', '.join(d['usual_geo'])}"
+    return f"{fired.key}: {text}"
 
 
 class StatefulDetector:

@@ -509,3 +509,10 @@ def test_distinct_by_url_shape(tmp_path: Path) -> None:
              for i, n in enumerate("abc")]
     assert run(rules, named)[0]["correlation"]["values"] == [
         "https://crm/a/*", "https://crm/b/*", "https://crm/c/*"]
+
+
+def test_alert_evidence_says_what_the_rule_saw(tmp_path: Path) -> None:
+    alert = run(ruleset(tmp_path, THRESHOLD), [(ev(at), [INJECTION]) for at in (0, 60, 120)])[0]
+    assert alert["field"] == "user.id"
+    assert alert["evidence"] == [{"start": 0, "end": 33,
+                                  "excerpt": "u-1: 3 matching events within 10m"}]
