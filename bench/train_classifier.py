@@ -76,7 +76,7 @@ def window_matrix(
         pos, cols = pos[counted], cols[counted]
         blocks = block_of[pos]
         counts = np.bincount(blocks, minlength=len(starts)).astype(np.int64)
-        _, n, _ = ml.window_sums(counts.astype(np.float32), counts, hashed.text_blocks)
+        _, n = ml.window_sums(counts.astype(np.float32), counts, hashed.text_blocks)
         firsts = hashed.text_blocks[:-1]
         is_first = np.zeros(len(starts), dtype=bool)
         is_first[firsts] = True

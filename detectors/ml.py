@@ -57,7 +57,7 @@ DETECTOR = "ml"
 PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, padding included
 
 _NO_PAYLOADS = Limits(max_payloads=0)
-# odd 64-bit multipliers (multiply-shift hashing), one per feature kind
+# odd 32-bit multipliers (multiply-shift hashing and mixing), one per use
 _K3 = np.uint32(0x9E3779B1)
 _K4 = np.uint32(0x85EBCA77)
 _K5_STEP = np.uint32(0x27D4EB2F)
@@ -207,12 +207,11 @@ def hash_features(views: Sequence[str], bits: int, stride: int) -> Hashed:
     )
 
 
-def window_sums(sums: F32, counts: I64, text_blocks: I64) -> tuple[F32, I64, I64]:
+def window_sums(sums: F32, counts: I64, text_blocks: I64) -> tuple[F32, I64]:
     """Per block k: the sums and counts of the window that starts there (blocks k and k + 1).
 
     A text of one block has that block as its window; the last block of a
-    longer text starts no window (its count is 0). Also returns each text's
-    last block.
+    longer text starts no window (its count is 0).
     """
     last = text_blocks[1:] - 1
     total = sums.copy()
@@ -223,7 +222,7 @@ def window_sums(sums: F32, counts: I64, text_blocks: I64) -> tuple[F32, I64, I64
     n[last] = counts[last]
     multi = last[np.diff(text_blocks) > 1]
     n[multi] = 0
-    return total, n, last
+    return total, n
 
 
 def _block_sums(hashed: Hashed, weights: F32) -> tuple[F32, I64]:
@@ -382,7 +381,7 @@ class Classifier:
         """Per block: the logits of the window starting there (-inf where none starts)."""
         hashed = hash_features(views, self._bits, self._stride)
         sums, counts = _block_sums(hashed, self._weights)
-        total, n, _ = window_sums(sums, counts, hashed.text_blocks)
+        total, n = window_sums(sums, counts, hashed.text_blocks)
         scale = np.maximum(n, self._min_count).astype(np.float32) ** -self._power
         logits = total * scale[:, None]
         logits += self._biases
