@@ -327,9 +327,18 @@ class Classifier:
             min_count = int(meta["features"]["min_count"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: model header lacks or mistypes {exc}") from None
-        return cls(
-            weights, biases, thresholds, stride=stride, power=power, min_count=min_count, meta=meta
-        )
+        try:
+            return cls(
+                weights,
+                biases,
+                thresholds,
+                stride=stride,
+                power=power,
+                min_count=min_count,
+                meta=meta,
+            )
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None
 
     @property
     def bits(self) -> int:

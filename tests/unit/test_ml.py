@@ -254,7 +254,7 @@ def with_changes(**changes: object) -> dict[str, object]:
         (
             good_meta(),
             np.zeros((1000, 2), dtype=np.float16),
-            "weights must have shape (2**bits, 2), not (1000, 2)",
+            "m.npz: weights must have shape (2**bits, 2), not (1000, 2)",
         ),
     ],
 )
