@@ -265,13 +265,17 @@ class _Program:
 
 
 # Where the classifier may raise a finding on its own: content an agent reads
-# (indirect injection, where the rules are weakest). On prompts it is not
-# precise enough alone (docs/ml.md), so there it only corroborates: a rule
-# finding of its categories on the same field goes up one severity step.
+# (indirect injection, where the rules are weakest), with its prompt_injection
+# label only and at severity low, because on ordinary text it still fires on a
+# few percent (3.9 % of never-seen benign prompts, bench/quality.py --ml). On
+# prompts it only corroborates: a rule finding of its categories on the same
+# field goes up one severity step.
 ML_ALONE = ("tool.result",)
 ML_CORROBORATES = ("prompt.text", "prompt.messages")
 ML_CATEGORIES = frozenset({"prompt_injection", "jailbreak"})
 ML_AGREES = "ml-agrees"
+ML_ALONE_LABEL = "prompt_injection"
+ML_ALONE_SEVERITY = "low"
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -300,7 +304,10 @@ def _with_ml(findings: list[Finding], path: str, ml: list[Finding]) -> list[Find
         return findings
     agreeing = [f for f in findings if f.field == path and f.category in ML_CATEGORIES]
     if not agreeing:
-        return [*findings, *ml] if _under(path, ML_ALONE) else findings
+        if not _under(path, ML_ALONE):
+            return findings
+        alone = [replace(f, severity=ML_ALONE_SEVERITY) for f in ml if f.category == ML_ALONE_LABEL]
+        return [*findings, *alone]
     return [_escalated(f) if f in agreeing else f for f in findings]
 
 

@@ -48,6 +48,7 @@ def test_alone_on_a_tool_result(engines: tuple[Engine, Engine]) -> None:
     finding = found["ml-prompt-injection"]
     assert (finding.detector, finding.category, finding.field) == ("ml", "prompt_injection",
                                                                    "tool.result")
+    assert finding.severity == "low"  # a second look, not a page: see ML_ALONE
     assert finding.score >= Classifier.load().thresholds["prompt_injection"]
     evidence = finding.evidence[0]
     assert 0 <= evidence.start < evidence.end <= len(HIDDEN_ORDER)
