@@ -43,6 +43,8 @@ from detectors.stateful import (
     load_suppressions,
     partition_of,
 )
+from detectors.stateful.hygiene import watermark_key
+from detectors.stateful.store import expired
 from pipeline.process import Decoded, Outgoing, dead_letter, utc_now
 from pipeline.settings import Settings
 from pipeline.users import UserDirectory
@@ -51,6 +53,10 @@ log = logging.getLogger("llmtrail.stateful")
 
 TABLE = "stateful"
 FENCE = "\x00fence"
+# Expired states are dropped once a partition's event time has moved this far since the last
+# sweep, and only when they expired this long before its newest event (late events' margin).
+SWEEP_EVERY = 3600.0
+EXPIRY_GRACE = 3600.0
 Signature = Callable[[Sequence[Path]], Any]
 
 
@@ -130,6 +136,7 @@ class StatefulStage:
                                value_serializer="raw", partitions=settings.partitions,
                                internal=True)
         self.table = app.Table(TABLE, partitions=settings.partitions, default=None)
+        self._swept: dict[int, float] = {}
         app.agent(self.topic, name="stateful")(self._stage_two)
         app.task(self._reload)
 
@@ -209,6 +216,8 @@ class StatefulStage:
                     topics = (settings.alerts_topic, settings.severity_topic(alert["severity"]))
                     for topic in topics:
                         pending.append(await producer.send(topic, key, value, None, None, None))
+            for partition in by_partition:
+                self._sweep(partition)
             await producer.flush()
             for partition, records in by_partition.items():
                 TableStore(self.table, partition).set(f"{FENCE}{partition}",
@@ -230,6 +239,21 @@ class StatefulStage:
         return self.detector.apply(observations, items, TableStore(self.table, partition),
                                    scope=str(partition), context=self.users.get,
                                    detected_at=utc_now())
+
+    def _sweep(self, partition: int) -> int:
+        """Drop the partition's expired states (tombstones in the changelog) when its event
+        time has moved ``SWEEP_EVERY`` since the last sweep; returns how many."""
+        watermark = self.table.get(watermark_key(str(partition)))
+        if watermark is None or watermark - self._swept.get(partition, 0.0) < SWEEP_EVERY:
+            return 0
+        self._swept[partition] = watermark
+        store = TableStore(self.table, partition)
+        keys = expired(list(self.table.data.items()), str(partition), watermark - EXPIRY_GRACE)
+        for key in keys:
+            store.delete(key)
+        if keys:
+            log.info("stateful: dropped %d expired states of partition %d", len(keys), partition)
+        return len(keys)
 
     async def _dead_letter(self, records: list[Any], exc: Exception) -> list[Awaitable[Any]]:
         from pipeline.app import _incoming  # noqa: PLC0415 - pipeline.app imports this module

@@ -100,7 +100,7 @@ class Threshold(Kind):
                 }, obs))
                 events = []
         if events:
-            states.put(skey, {"ev": events})
+            states.put(skey, {"ev": events}, expires=events[-1][0] + spec.window)
         else:
             states.drop(skey)
         return fired
@@ -128,7 +128,7 @@ class Threshold(Kind):
                     "window_start": format_time(window * spec.window),
                 }, obs))
         if state is not None:
-            states.put(skey, state)
+            states.put(skey, state, expires=(state["w"] + 1) * spec.window)
         return fired
 
 
@@ -160,7 +160,7 @@ class Distinct(Kind):
                 }, obs))
                 seen = {}
         if seen:
-            states.put(skey, {"v": seen})
+            states.put(skey, {"v": seen}, expires=max(i[0] for i in seen.values()) + spec.window)
         else:
             states.drop(skey)
         return fired
@@ -202,7 +202,7 @@ class Sequence_(Kind):
                                  "fp": sorted(matched[0])})
                 partials = partials[-MAX_PARTIALS:]
         if partials:
-            states.put(skey, {"p": partials})
+            states.put(skey, {"p": partials}, expires=max(p["t0"] for p in partials) + spec.within)
         else:
             states.drop(skey)
         return fired
@@ -435,7 +435,8 @@ class Campaign(Kind):
                 for state in tracked.values():
                     state["f"] = obs.ts
             for fingerprint, state in tracked.items():
-                states.put(state_key(rule.id, fingerprint), state)
+                newest = max([i[0] for i in state["u"].values()] + [state["f"] or 0.0])
+                states.put(state_key(rule.id, fingerprint), state, expires=newest + spec.window)
         return fired
 
 

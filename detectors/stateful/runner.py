@@ -212,7 +212,7 @@ class StatefulDetector:
 
         Each (rule, key) state is read and written at most once per call.
         """
-        states = BatchState(store)
+        states = BatchState(store, scope)
         groups: dict[tuple[str, str], list[Observation]] = {}
         for obs in observations:
             groups.setdefault((obs.rule, obs.key), []).append(obs)

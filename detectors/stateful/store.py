@@ -8,6 +8,7 @@ for one batch: each key is read at most once and written at most once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -44,11 +45,16 @@ class MemoryStore:
         self.data.pop(key, None)
 
 
-class BatchState:
-    """Read-through, write-back cache over a store for one batch."""
+EXPIRES = "_x"  # event time after which a state can no longer make its rule fire
+SCOPE = "_s"  # the scope (state partition) that wrote it
 
-    def __init__(self, store: Store) -> None:
+
+class BatchState:
+    """Read-through, write-back cache over a store for one batch of one scope."""
+
+    def __init__(self, store: Store, scope: str = "0") -> None:
         self._store = store
+        self._scope = scope
         self._cache: dict[str, Any] = {}
         self._dirty: set[str] = set()
 
@@ -60,7 +66,11 @@ class BatchState:
         self._cache[key] = value
         return value
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, *, expires: float | None = None) -> None:
+        """Set a key; with ``expires`` (event time) the state is marked for :func:`expired`."""
+        if expires is not None:
+            value[EXPIRES] = expires
+            value[SCOPE] = self._scope
         self._cache[key] = value
         self._dirty.add(key)
 
@@ -79,3 +89,16 @@ class BatchState:
         written = len(self._dirty)
         self._dirty.clear()
         return written
+
+
+def expired(items: Iterable[tuple[str, Any]], scope: str, watermark: float) -> list[str]:
+    """Keys of a scope's states that expired before ``watermark`` (event time).
+
+    Idle keys are otherwise kept forever (a key is only looked at when one of
+    its events comes); the worker runs this now and then over its table.
+    """
+    return [
+        key for key, value in items
+        if isinstance(value, dict) and value.get(SCOPE) == scope
+        and value.get(EXPIRES, watermark) < watermark
+    ]

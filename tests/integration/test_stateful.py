@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.stateful import partition_of
 from detectors.stateful.times import event_time, format_time
 from pipeline.kafka import ensure_topics, make_reader, send_all
 from pipeline.settings import Settings
@@ -191,9 +192,21 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
         publish(settings, events)
         records = read_until(settings, settings.alerts_topic,
                              lambda got: expected <= fired(stateful_alerts(got)))
+        # five hours later, in every state partition: idle states are expired from the table
+        later = Events()
+        for target in range(settings.partitions):
+            user = next(u for u in (f"u-tick{i}" for i in range(100))
+                        if partition_of("st-user-volume-spike", u, settings.partitions) == target)
+            later.prompt(5 * 3600, "hello", trace=f"t-tick{target}", user=user)
+        publish(settings, [e | {"event_id": f"tick-{e['event_id']}"} for e in later.items])
+        idle = b'"st-injection-burst\\u001fu-slow"'
+        changelog = read_until(settings, f"{settings.app_id}-stateful-changelog",
+                               lambda got: any(r.key == idle and r.value is None for r in got),
+                               settle=0.5)
     finally:
         for worker in running:
             worker.stop()
+    assert any(r.key == idle and r.value is None for r in changelog)
     alerts = [orjson.loads(r.value) for r in records]
     correlated = stateful_alerts(records)
     assert fired(correlated) == expected

@@ -22,7 +22,7 @@ from detectors.stateful import (
 from detectors.stateful.fingerprint import exact_fingerprint, near_fingerprints
 from detectors.stateful.model import KIND_IDS, Suppression
 from detectors.stateful.observe import off_hours, url_shape
-from detectors.stateful.store import BatchState
+from detectors.stateful.store import BatchState, expired
 from detectors.stateful.times import event_time, format_time, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -516,3 +516,14 @@ def test_alert_evidence_says_what_the_rule_saw(tmp_path: Path) -> None:
     assert alert["field"] == "user.id"
     assert alert["evidence"] == [{"start": 0, "end": 33,
                                   "excerpt": "u-1: 3 matching events within 10m"}]
+
+
+def test_states_carry_their_expiry_and_expired_lists_them(tmp_path: Path) -> None:
+    rules = ruleset(tmp_path, THRESHOLD)  # a 10-minute window
+    store = MemoryStore()
+    StatefulDetector(rules).run([(ev(0), [INJECTION])], context={}.get, store=store)
+    items = [(key, store.get(key)) for key in store.data]
+    assert store.get("r\x1fu-1")["_x"] == START + 600
+    assert expired(items, "0", START + 600) == []
+    assert expired(items, "0", START + 601) == ["r\x1fu-1"]
+    assert expired(items, "1", START + 601) == []  # another scope's states are not its own
