@@ -208,7 +208,19 @@ class _Loader:
 
     # ------------------------------------------------------------ files
 
-    def load_file(self, path: Path) -> YMap | None:
+    def load_file(
+        self,
+        path: Path,
+        schema: str = SCHEMA,
+        keys: Sequence[str] = TOP_KEYS,
+        hint: str = UPGRADE_HINT,
+        what: str = "a rule file",
+    ) -> YMap | None:
+        """Read and parse one file; its top-level mapping if it declares ``schema``.
+
+        ``keys``: the top-level keys allowed; ``hint``: what to do about another
+        version of the same schema family.
+        """
         file = str(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -221,25 +233,26 @@ class _Loader:
         root = parse_yaml(text, file, self.errors)
         if root is None:
             if not any(e.file == file for e in self.errors):
-                self.error(Loc(file, 1, 1), None, f"empty file: expected 'schema: {SCHEMA}'")
+                self.error(Loc(file, 1, 1), None, f"empty file: expected 'schema: {schema}'")
             return None
-        top = self.expect_map(root, "a rule file", None)
+        top = self.expect_map(root, what, None)
         if top is None:
             return None
-        self.check_keys(top, TOP_KEYS, "the file", None)
-        schema = top.get("schema")
-        if schema is None:
-            self.error(top.loc, None, f"missing 'schema': add 'schema: {SCHEMA}' at the top")
+        self.check_keys(top, keys, "the file", None)
+        node = top.get("schema")
+        if node is None:
+            self.error(top.loc, None, f"missing 'schema': add 'schema: {schema}' at the top")
             return None
-        value = self.string(schema, "'schema'", None)
+        value = self.string(node, "'schema'", None)
         if value is None:
             return None
-        if value != SCHEMA:
-            if value.startswith("llmtrail.rules/"):
-                message = f"unsupported schema version {value!r}: {UPGRADE_HINT}"
+        if value != schema:
+            family = schema.split("/", maxsplit=1)[0] + "/"
+            if value.startswith(family):
+                message = f"unsupported schema version {value!r}: {hint}"
             else:
-                message = f"unknown schema {value!r}: expected {SCHEMA!r}"
-            self.error(schema.loc, None, message)
+                message = f"unknown schema {value!r}: expected {schema!r}"
+            self.error(node.loc, None, message)
             return None
         return top
 

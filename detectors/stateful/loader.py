@@ -46,7 +46,7 @@ from detectors.stateful.model import (
     ThresholdSpec,
 )
 from detectors.stateful.times import event_time, format_time, parse_duration
-from detectors.yamltree import Loc, YMap, YNode, YScalar, YSeq, describe, parse_yaml
+from detectors.yamltree import Loc, YMap, YNode, YScalar, YSeq, describe
 
 TOP_KEYS = ("schema", "tool_categories", "hygiene", "rules")
 COMMON_REQUIRED = ("id", "title", "description", "severity", "category", "owasp", "kind", "by",
@@ -433,38 +433,7 @@ class _StatefulLoader(_Loader):
     # ------------------------------------------------------------ files and rules
 
     def load_top(self, path: Path) -> YMap | None:
-        return self._load_schema(path, SCHEMA, TOP_KEYS, STATEFUL_UPGRADE)
-
-    def _load_schema(
-        self, path: Path, schema: str, keys: Sequence[str], hint: str
-    ) -> YMap | None:
-        file = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.error(Loc(file, 0, 0), None, f"cannot read: {exc}")
-            return None
-        root = parse_yaml(text, file, self.errors)
-        if root is None:
-            if not any(e.file == file for e in self.errors):
-                self.error(Loc(file, 1, 1), None, f"empty file: expected 'schema: {schema}'")
-            return None
-        top = self.expect_map(root, "the file", None)
-        if top is None:
-            return None
-        self.check_keys(top, keys, "the file", None)
-        node = top.get("schema")
-        if node is None:
-            self.error(top.loc, None, f"missing 'schema': add 'schema: {schema}' at the top")
-            return None
-        value = self.string(node, "'schema'", None)
-        if value is not None and value != schema:
-            family = schema.split("/", maxsplit=1)[0] + "/"
-            message = (f"unsupported schema version {value!r}: {hint}" if value.startswith(family)
-                       else f"unknown schema {value!r}: expected {schema!r}")
-            self.error(node.loc, None, message)
-            return None
-        return top if value is not None else None
+        return self.load_file(path, SCHEMA, TOP_KEYS, STATEFUL_UPGRADE, what="the file")
 
     def tool_categories(self, top: YMap, into: dict[str, tuple[str, ...]]) -> None:
         node = top.get("tool_categories")
@@ -605,8 +574,8 @@ def load_suppressions(path: str | Path) -> list[Suppression]:
     """Read a suppression list (``llmtrail.suppressions/v1``); RuleSetError lists every problem."""
     loader = _StatefulLoader()
     file = Path(path)
-    top = loader._load_schema(file, SUPPRESSIONS_SCHEMA, ("schema", "suppressions"),
-                              f"set 'schema: {SUPPRESSIONS_SCHEMA}'")
+    top = loader.load_file(file, SUPPRESSIONS_SCHEMA, ("schema", "suppressions"),
+                           f"set 'schema: {SUPPRESSIONS_SCHEMA}'", what="the file")
     out: list[Suppression] = []
     node = top.get("suppressions") if top is not None else None
     seq = loader.expect_list(node, "'suppressions'", None) if node is not None else None
