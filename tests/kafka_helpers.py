@@ -14,10 +14,15 @@ from pipeline.kafka import make_reader
 from pipeline.settings import Settings
 
 
-def read_topics(settings: Settings, topics: list[str], *, expect: int,
+def read_topics(settings: Settings, topics: list[str], *, expect: int | None = None,
+                done: Callable[[list[ConsumerRecord]], bool] | None = None,
                 timeout: float = 60.0, settle: float = 1.0) -> list[ConsumerRecord]:
-    """Read from the beginning until ``expect`` records arrived (then ``settle`` s more, to catch
-    extras) or ``timeout`` passed. Counts what it actually reads, never end offsets."""
+    """Read from the beginning until ``expect`` records arrived, or ``done(records)`` holds,
+    then ``settle`` s more (to catch extras), or until ``timeout`` passed. Counts what it
+    actually reads, never end offsets."""
+    if done is None:
+        wanted = 0 if expect is None else expect
+        done = lambda got: len(got) >= wanted  # noqa: E731
 
     async def read() -> list[ConsumerRecord]:
         reader = make_reader(settings, *topics)
@@ -30,10 +35,10 @@ def read_topics(settings: Settings, topics: list[str], *, expect: int,
                 batches = await reader.getmany(timeout_ms=200)
                 for records in batches.values():
                     got.extend(records)
-                if len(got) >= expect:
-                    settled_at = settled_at or time.monotonic() + settle
-                    if time.monotonic() >= settled_at:
-                        break
+                if settled_at is None and done(got):
+                    settled_at = time.monotonic() + settle
+                if settled_at is not None and time.monotonic() >= settled_at:
+                    break
         finally:
             await reader.stop()
         return got

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ import pytest
 
 from detectors.stateful import partition_of
 from detectors.stateful.times import event_time, format_time
-from pipeline.kafka import ensure_topics, make_reader, send_all
+from pipeline.kafka import ensure_topics, send_all
 from pipeline.settings import Settings
 from pipeline.stack import ChildProcess, start_worker
+from tests.kafka_helpers import read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -136,38 +136,13 @@ def prepare(settings: Settings) -> Settings:
     settings = settings.replace(suppressions_file=str(suppressions), ml=False)
     asyncio.run(ensure_topics(settings))
     asyncio.run(send_all(settings, settings.users_topic,
-                         [(u["id"].encode(), orjson.dumps(u)) for u in USERS]))
+                         [(str(u["id"]).encode(), orjson.dumps(u)) for u in USERS]))
     return settings
 
 
 def publish(settings: Settings, events: list[dict[str, Any]]) -> None:
     asyncio.run(send_all(settings, settings.events_topic,
                          [(e["trace_id"].encode(), orjson.dumps(e)) for e in events]))
-
-
-def read_until(settings: Settings, topic: str, done: Callable[[list[Any]], bool], *,
-               timeout: float = 90.0, settle: float = 3.0) -> list[Any]:
-    """Records of a topic from the beginning until ``done`` holds (then ``settle`` s more)."""
-
-    async def read() -> list[Any]:
-        reader = make_reader(settings, topic)
-        await reader.start()
-        got: list[Any] = []
-        deadline = time.monotonic() + timeout
-        settled_at: float | None = None
-        try:
-            while time.monotonic() < deadline:
-                for records in (await reader.getmany(timeout_ms=200)).values():
-                    got.extend(records)
-                if settled_at is None and done(got):
-                    settled_at = time.monotonic() + settle
-                if settled_at is not None and time.monotonic() >= settled_at:
-                    break
-        finally:
-            await reader.stop()
-        return got
-
-    return asyncio.run(read())
 
 
 def stateful_alerts(records: list[Any]) -> list[dict[str, Any]]:
@@ -190,8 +165,8 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
     try:
         running += [start_worker(settings) for _ in range(workers)]
         publish(settings, events)
-        records = read_until(settings, settings.alerts_topic,
-                             lambda got: expected <= fired(stateful_alerts(got)))
+        records = read_topics(settings, [settings.alerts_topic], timeout=90, settle=3.0,
+                              done=lambda got: expected <= fired(stateful_alerts(got)))
         # five hours later, in every state partition: idle states are expired from the table
         later = Events()
         for target in range(settings.partitions):
@@ -200,9 +175,10 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
             later.prompt(5 * 3600, "hello", trace=f"t-tick{target}", user=user)
         publish(settings, [e | {"event_id": f"tick-{e['event_id']}"} for e in later.items])
         idle = b'"st-injection-burst\\u001fu-slow"'
-        changelog = read_until(settings, f"{settings.app_id}-stateful-changelog",
-                               lambda got: any(r.key == idle and r.value is None for r in got),
-                               settle=0.5)
+        changelog = read_topics(settings, [f"{settings.app_id}-stateful-changelog"],
+                                timeout=90, settle=0.5,
+                                done=lambda got: any(r.key == idle and r.value is None
+                                                     for r in got))
     finally:
         for worker in running:
             worker.stop()
@@ -254,7 +230,7 @@ def test_state_survives_a_worker_restart_and_suppressions_change_at_run_time(
     worker = start_worker(settings)
     try:
         publish(settings, first)
-        read_until(settings, changelog, holds_first_half, settle=0.5)
+        read_topics(settings, [changelog], done=holds_first_half, timeout=90, settle=0.5)
     finally:
         worker.stop()
     restarted = start_worker(settings)
@@ -268,9 +244,10 @@ def test_state_survives_a_worker_restart_and_suppressions_change_at_run_time(
             time.sleep(0.2)
         second.append(ev.prompt(0, INJECTION, trace="t-quiet", user="u-quiet"))
         publish(settings, second)
-        records = read_until(settings, settings.alerts_topic,
-                             lambda got: len(fired(stateful_alerts(got))) >= 2 and any(
-                                 orjson.loads(r.value)["user"]["id"] == "u-quiet" for r in got))
+        records = read_topics(
+            settings, [settings.alerts_topic], timeout=90, settle=3.0,
+            done=lambda got: len(fired(stateful_alerts(got))) >= 2 and any(
+                orjson.loads(r.value)["user"]["id"] == "u-quiet" for r in got))
     finally:
         restarted.stop()
     correlated = stateful_alerts(records)

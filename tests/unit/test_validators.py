@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_modifier_errors(mods: list[str], values: list[object], message: str) ->
         build_value_test(mods, values)
 
 
-def _subclasses(module: object, base: type) -> set[type]:
+def _subclasses(module: object, base: type[Any]) -> set[Any]:
     return {
         cls for _, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, base) and cls is not base and "id" in cls.__dict__
