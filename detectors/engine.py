@@ -231,7 +231,7 @@ class _Program:
             findings, fields = self._scan(event, salt)
             results.append(findings)
             if self.classifier is not None:
-                asks.extend((index, item) for item in _ml_fields(fields, findings))
+                asks.extend((index, item) for item in _ml_fields(fields))
         if asks and self.classifier is not None:
             answers = self.classifier.findings_many([field for _, field in asks])
             for (index, (path, _)), found in zip(asks, answers, strict=True):
@@ -264,17 +264,29 @@ class _Program:
         return findings, fields
 
 
-# Where the classifier may raise a finding on its own: content an agent reads
-# (indirect injection, where the rules are weakest), with its prompt_injection
-# label only and at severity low, because on ordinary text it still fires on a
-# few percent (3.9 % of never-seen benign prompts, bench/quality.py --ml). On
-# prompts it only corroborates: a rule finding of its categories on the same
-# field goes up one severity step.
-ML_ALONE = ("tool.result",)
-ML_CORROBORATES = ("prompt.text", "prompt.messages")
+@dataclass(frozen=True, slots=True)
+class MlAlone:
+    """Where the classifier may raise a finding without a rule: which labels, from what score."""
+
+    roots: tuple[str, ...]
+    labels: frozenset[str]
+    min_score: float  # 0: the model's own threshold
+
+
+# The classifier scores prompts and the content an agent reads. Wherever it
+# agrees with a rule finding of its categories on the same field, that finding
+# goes up one severity step. Alone it raises findings at severity low, and only
+# where it is reliable enough: on tool results (indirect injection, where the
+# rules are weakest) its prompt_injection label at the model's threshold; on
+# prompts, where ordinary text trips it more often (3.9 % of never-seen benign
+# prompts at the model's thresholds), either label from 0.97 (0.8 %; see
+# docs/ml.md and bench/quality.py --ml --ml-min-score 0.97).
+ML_ALONE = (
+    MlAlone(("tool.result",), frozenset({"prompt_injection"}), 0.0),
+    MlAlone(("prompt.text", "prompt.messages"), frozenset({"prompt_injection", "jailbreak"}), 0.97),
+)
 ML_CATEGORIES = frozenset({"prompt_injection", "jailbreak"})
 ML_AGREES = "ml-agrees"
-ML_ALONE_LABEL = "prompt_injection"
 ML_ALONE_SEVERITY = "low"
 
 
@@ -282,19 +294,16 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith((f"{root}.", f"{root}[")) for root in roots)
 
 
-def _ml_fields(
-    fields: Sequence[_Field], findings: Sequence[Finding]
-) -> list[tuple[str, Normalised]]:
-    """The (path, normalised text) of one event's fields worth scoring with the classifier."""
-    flagged = {f.field for f in findings if f.category in ML_CATEGORIES}
+def _alone_policy(path: str) -> MlAlone | None:
+    return next((policy for policy in ML_ALONE if _under(path, policy.roots)), None)
+
+
+def _ml_fields(fields: Sequence[_Field]) -> list[tuple[str, Normalised]]:
+    """The (path, normalised text) of one event's fields the classifier scores."""
     return [
         (item.path, item.norm)
         for item in fields
-        if item.norm is not None
-        and (
-            _under(item.path, ML_ALONE)
-            or (item.path in flagged and _under(item.path, ML_CORROBORATES))
-        )
+        if item.norm is not None and _alone_policy(item.path) is not None
     ]
 
 
@@ -303,12 +312,17 @@ def _with_ml(findings: list[Finding], path: str, ml: list[Finding]) -> list[Find
     if not ml:
         return findings
     agreeing = [f for f in findings if f.field == path and f.category in ML_CATEGORIES]
-    if not agreeing:
-        if not _under(path, ML_ALONE):
-            return findings
-        alone = [replace(f, severity=ML_ALONE_SEVERITY) for f in ml if f.category == ML_ALONE_LABEL]
-        return [*findings, *alone]
-    return [_escalated(f) if f in agreeing else f for f in findings]
+    if agreeing:
+        return [_escalated(f) if f in agreeing else f for f in findings]
+    policy = _alone_policy(path)
+    if policy is None:
+        return findings
+    alone = [
+        replace(f, severity=ML_ALONE_SEVERITY)
+        for f in ml
+        if f.category in policy.labels and f.score >= policy.min_score
+    ]
+    return [*findings, *alone]
 
 
 def _escalated(finding: Finding) -> Finding:
