@@ -33,6 +33,7 @@ from detectors.model import (
     AnyOf,
     Context,
     KeywordLeaf,
+    MlLeaf,
     Node,
     NotOf,
     Pattern,
@@ -40,6 +41,7 @@ from detectors.model import (
     Rule,
     RuleSet,
     SignalLeaf,
+    TextLeaf,
     ValueLeaf,
     iter_nodes,
 )
@@ -81,7 +83,7 @@ def requirement(node: Node) -> frozenset[KeywordLeaf | RegexLeaf | SignalLeaf] |
     """Text leaves one of which must hit for ``node`` to hold; None if none is needed."""
     if isinstance(node, KeywordLeaf | RegexLeaf | SignalLeaf):
         return frozenset({node})
-    if isinstance(node, ValueLeaf | NotOf):
+    if isinstance(node, ValueLeaf | MlLeaf | NotOf):
         return None
     children = [requirement(child) for child in node.children]
     if isinstance(node, AllOf):
@@ -137,18 +139,23 @@ class _Program:
         )
         self.prefilter = options.prefilter if self.matcher.uses_hyperscan else None
         self.classifier = options.classifier
+        if self.classifier is None:
+            for rule in self.rules:
+                if any(isinstance(leaf, MlLeaf) for leaf in self._text_leaves(rule)):
+                    raise ValueError(
+                        f"rule {rule.id} has an 'ml' condition but the engine runs without the "
+                        "ML classifier (LLMTRAIL_ML=false?)"
+                    )
         if self.prefilter is not None:
             self.prefilter.prepare(p.source for p in patterns)
         self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
         self.regex_timeouts = 0
 
     @staticmethod
-    def _text_leaves(rule: Rule) -> list[KeywordLeaf | RegexLeaf | SignalLeaf]:
-        out: list[KeywordLeaf | RegexLeaf | SignalLeaf] = []
+    def _text_leaves(rule: Rule) -> list[TextLeaf]:
+        out: list[TextLeaf] = []
         for root in (rule.condition, *rule.exceptions):
-            out.extend(
-                n for n in iter_nodes(root) if isinstance(n, KeywordLeaf | RegexLeaf | SignalLeaf)
-            )
+            out.extend(n for n in iter_nodes(root) if isinstance(n, TextLeaf))
         return out
 
     def _plan(self, kind: str, selector_bits: Mapping[str, int]) -> _Plan:
@@ -376,6 +383,8 @@ class _Evaluation:
                 self.cache[key] = self._keywords(node)
             elif isinstance(node, RegexLeaf):
                 self.cache[key] = self._regexes(node)
+            elif isinstance(node, MlLeaf):
+                self.cache[key] = self._ml(node)
             else:
                 self.cache[key] = self._signal(node)
         return self.cache[key]
@@ -537,6 +546,23 @@ class _Evaluation:
         except TimeoutError:
             self.program.regex_timeouts += 1
         return out
+
+    def _ml(self, leaf: MlLeaf) -> list[Hit] | None:
+        """The best window of each field (any of its sources) that scores at least the minimum."""
+        classifier = self.program.classifier
+        assert classifier is not None  # checked when the program was built
+        floor = classifier.thresholds[leaf.label] if leaf.min_score is None else leaf.min_score
+        hits: list[Hit] = []
+        for index, item in self._selected(leaf):
+            assert item.norm is not None
+            sources = item.norm.sources
+            explained = classifier.explain_views([source.kw.text for source in sources])
+            best = max(range(len(sources)), key=lambda i: explained[i].scores[leaf.label])
+            score = explained[best].scores[leaf.label]
+            if score >= floor:
+                start, end = sources[best].kw.map.span(*explained[best].windows[leaf.label])
+                hits.append(Hit(index, start, end, item.text[start:end], 0.0))
+        return hits or None
 
     def _signal(self, leaf: SignalLeaf) -> list[Hit] | None:
         hits: list[Hit] = []

@@ -11,7 +11,7 @@ import orjson
 
 from detectors.engine import Engine
 from detectors.fields import set_path
-from detectors.model import Example, KeywordLeaf, RegexLeaf, Rule, RuleSet, SignalLeaf, iter_nodes
+from detectors.model import Example, Rule, RuleSet, TextLeaf, iter_nodes
 
 # Where a string example goes when the rule names no field at all.
 _DEFAULT_FIELD = {"prompt": "prompt.text", "response": "response.text", "tool_call": "tool.result"}
@@ -43,7 +43,7 @@ def _string_field(rule: Rule) -> str:
     if rule.fields:
         return rule.fields[0]
     for node in iter_nodes(rule.condition):
-        if isinstance(node, KeywordLeaf | RegexLeaf | SignalLeaf):
+        if isinstance(node, TextLeaf):
             return node.fields[0]
     return _DEFAULT_FIELD[rule.applies_to[0]]
 

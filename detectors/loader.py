@@ -18,6 +18,7 @@ import regex
 
 from detectors import regexinfo
 from detectors.errors import RuleError, RuleSetError
+from detectors.ml import LABELS
 from detectors.model import (
     CATEGORIES,
     KINDS,
@@ -33,6 +34,7 @@ from detectors.model import (
     Example,
     KeywordLeaf,
     Macro,
+    MlLeaf,
     Node,
     NotOf,
     Pattern,
@@ -55,7 +57,17 @@ REQUIRED_RULE_KEYS = (
 OPTIONAL_RULE_KEYS = (
     "fields", "maturity", "score", "mask", "tags", "references", "enabled", "exceptions",
 )  # fmt: skip
-TEXT_LEAF_KEYS = ("keywords", "regex", "signal", "field", "validate", "min_entropy", "context")
+TEXT_LEAF_KEYS = (
+    "keywords",
+    "regex",
+    "signal",
+    "ml",
+    "min_score",
+    "field",
+    "validate",
+    "min_entropy",
+    "context",
+)
 CONTEXT_KEYS = ("near", "absent", "window", "require", "boost")
 EXAMPLE_KEYS = ("match", "no_match")
 LOGIC_KEYS = ("any", "all", "not", "macro")
@@ -536,13 +548,18 @@ class _Loader:
         self, node: YMap, keys: dict[str, tuple[YScalar, YNode]], scope: _RuleScope
     ) -> list[Node] | None:
         rule_id = scope.rule_id
-        matchers = [k for k in ("keywords", "regex", "signal") if k in keys]
+        matchers = [k for k in ("keywords", "regex", "signal", "ml") if k in keys]
         if not matchers:
             first = next(iter(keys.values()))[0]
             self.error(
                 first.loc,
                 rule_id,
-                f"{first.text!r} needs 'keywords', 'regex' or 'signal' in the same mapping",
+                f"{first.text!r} needs 'keywords', 'regex', 'signal' or 'ml' in the same mapping",
+            )
+            return None
+        if "min_score" in keys and "ml" not in keys:
+            self.error(
+                keys["min_score"][0].loc, rule_id, "'min_score' needs 'ml' in the same mapping"
             )
             return None
         fields = scope.fields
@@ -599,6 +616,16 @@ class _Loader:
             if signal is None:
                 return None
             out.append(SignalLeaf(signal, fields, keys["signal"][0].loc.line))
+        if "ml" in keys:
+            label = self.enum(keys["ml"][1], "'ml'", LABELS, rule_id)
+            min_score = None
+            if "min_score" in keys:
+                min_score = self.number(keys["min_score"][1], "'min_score'", rule_id, 0.0, 1.0)
+                if min_score is None:
+                    return None
+            if label is None:
+                return None
+            out.append(MlLeaf(label, min_score, fields, keys["ml"][0].loc.line))
         return out
 
     def validator(self, keys: dict[str, tuple[YScalar, YNode]], rule_id: str | None) -> Any:

@@ -130,6 +130,16 @@ class SignalLeaf:
 
 
 @dataclass(frozen=True, eq=False, slots=True)
+class MlLeaf:
+    """The ML classifier's score for ``label`` on the fields, at least ``min_score``."""
+
+    label: str
+    min_score: float | None  # None: the model's own threshold for the label
+    fields: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
 class ValueLeaf:
     selector: str
     test: ValueTest
@@ -151,8 +161,8 @@ class NotOf:
     child: Node
 
 
-TextLeaf = KeywordLeaf | RegexLeaf | SignalLeaf
-Node = AnyOf | AllOf | NotOf | KeywordLeaf | RegexLeaf | SignalLeaf | ValueLeaf
+TextLeaf = KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf
+Node = AnyOf | AllOf | NotOf | KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf | ValueLeaf
 
 
 @dataclass(frozen=True, slots=True)

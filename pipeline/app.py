@@ -200,7 +200,11 @@ def build_app(settings: Settings, engine: Engine,
                 for error in exc.errors:
                     log.error("rule reload rejected, keeping the previous rules: %s", error)
                 continue
-            await asyncio.to_thread(engine.swap, ruleset)  # compiling must not stall the loop
+            try:  # compiling must not stall the loop
+                await asyncio.to_thread(engine.swap, ruleset)
+            except ValueError as exc:
+                log.error("rule reload rejected, keeping the previous rules: %s", exc)
+                continue
             log.warning("rules reloaded: %d rules", len(ruleset.rules))
 
     app.task(follow)

@@ -241,6 +241,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, settings)
+    except SettingsError as exc:  # found while a command builds what it needs (e.g. the engine)
+        print(f"llmtrail: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

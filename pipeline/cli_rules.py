@@ -119,7 +119,7 @@ def test(
     ruleset = _load(single or list(settings.rules), err)
     if ruleset is None:
         return EXIT_PROBLEMS
-    engine = build_engine(ruleset, settings, engine_choice, ml=False, include_disabled=True)
+    engine = build_engine(ruleset, settings, engine_choice, include_disabled=True)
     failed = 0
     if single or not stateful_paths:
         failures = run_examples(ruleset, engine)

@@ -37,10 +37,13 @@ def build_engine(
     """An engine over ``ruleset``; ``choice`` picks the scanning path ("auto" follows
     LLMTRAIL_ENGINE_HYPERSCAN); ``ml=False`` leaves the classifier out even when it is on."""
     use_hyperscan = {"auto": settings.engine_hyperscan, "hyperscan": True, "python": False}[choice]
-    return Engine(
-        ruleset,
-        salt=settings.fingerprint_salt.reveal().encode(),
-        use_hyperscan=use_hyperscan,
-        classifier=load_classifier(settings) if ml else None,
-        **options,
-    )
+    try:
+        return Engine(
+            ruleset,
+            salt=settings.fingerprint_salt.reveal().encode(),
+            use_hyperscan=use_hyperscan,
+            classifier=load_classifier(settings) if ml else None,
+            **options,
+        )
+    except ValueError as exc:  # a rule with an 'ml' condition and the classifier off
+        raise SettingsError(str(exc)) from None

@@ -104,6 +104,14 @@ CASES = [
     ("min_entropy without entropy", HEAD + RULE.replace(
         "keywords: [bad phrase]", "regex: 'x+y'\n      min_entropy: 3"),
      "r.yaml:13:7: r1: 'min_entropy' needs 'validate: entropy'"),
+    ("unknown ml label", HEAD + RULE.replace("keywords: [bad phrase]", "ml: injection"),
+     "r.yaml:12:11: r1: 'ml' 'injection' is not one of prompt_injection, jailbreak"),
+    ("ml min_score out of range", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "ml: jailbreak\n      min_score: 2"),
+     "r.yaml:13:18: r1: 'min_score' must be between 0 and 1"),
+    ("min_score without ml", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "keywords: [bad phrase]\n      min_score: 0.5"),
+     "r.yaml:13:7: r1: 'min_score' needs 'ml' in the same mapping"),
     ("logic with siblings", HEAD + RULE.replace(
         "keywords: [bad phrase]", "any: [{keywords: [a]}]\n      keywords: [b]"),
      "r.yaml:12:7: r1: 'any' must be the only key of its mapping"),
