@@ -61,6 +61,9 @@ def prepare(settings: Settings, users: list[dict[str, Any]] = ()) -> None:  # ty
 
 
 def test_injection_prompt_raises_alert_with_user_context(settings: Settings) -> None:
+    # The rule's own severity (high) decides the route here; with the classifier on, its
+    # agreement would escalate the alert to critical (tests/unit/test_engine_ml.py).
+    settings = settings.replace(ml=False)
     prepare(settings, [ANALYST])
     worker = start_worker(settings)
     try:
