@@ -63,10 +63,9 @@ def test_sigkill_mid_stream_with_s3_loses_and_duplicates_nothing(
         pytest.xfail(f"{len(events) - len(values)} of {len(events)} events not archived: {LOST}")
 
 
-LOST = ("spine bug reported in .coord/requests.md: events a worker consumed while a slow batch "
-        "was being archived are acknowledged without being processed (faust take_events), or "
-        "lost after exit 75; the local backend shows it too, the S3 one more often because its "
-        "appends take longer")
+LOST = ("spine bug reported in .coord/requests.md: a restarted worker misses events the first "
+        "one consumed during a slow or failing archive batch (suspected: faust take_events acks); "
+        "the local backend shows it too, the S3 one more often because its appends take longer")
 
 
 class Outage:
