@@ -21,13 +21,17 @@ pytestmark = pytest.mark.integration
 EXIT_ARCHIVE_FAILED = 75
 
 
-def wait_for_s3(settings: Settings, count: int, timeout: float) -> list[ArchivedRecord]:
-    """Poll the bucket until ``count`` events are archived or ``timeout``; return the last read."""
-    deadline = time.monotonic() + timeout
+def wait_for_s3(settings: Settings, count: int, timeout: float, *,
+                settle: float = 15.0) -> list[ArchivedRecord]:
+    """Poll the bucket until ``count`` events are archived, or ``timeout``, or (after the
+    first ``settle`` s) nothing new arrived for ``settle`` s; return the last read."""
+    start = changed = time.monotonic()
     records: list[ArchivedRecord] = []
-    while time.monotonic() < deadline:
-        records = list(open_reader(settings).iter())
-        if len(records) >= count:
+    while time.monotonic() < start + timeout:
+        latest = list(open_reader(settings).iter())
+        if len(latest) != len(records):
+            records, changed = latest, time.monotonic()
+        if len(records) >= count or time.monotonic() - max(changed, start) >= settle:
             break
         time.sleep(0.5)
     return records
