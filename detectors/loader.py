@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import regex
 
@@ -90,6 +90,19 @@ UPGRADE_HINT = (
 def _suggest(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class RuleHeader(NamedTuple):
+    """What single-event and stateful rules have in common."""
+
+    title: str
+    description: str
+    severity: str
+    category: str
+    owasp: tuple[str, ...]
+    tags: tuple[str, ...]
+    enabled: bool
+    score: float
 
 
 @dataclass(slots=True)
@@ -217,6 +230,24 @@ class _Loader:
         if len(set(out)) != len(out):
             self.error(node.loc, rule_id, f"{what} lists a value twice")
         return out
+
+    def header(self, mapping: YMap, rule_id: str | None) -> RuleHeader:
+        """The keys every kind of rule shares, checked (missing ones get neutral defaults)."""
+
+        def opt(key: str, convert: Callable[[YNode], Any], default: Any) -> Any:
+            value = mapping.get(key)
+            return default if value is None else convert(value)
+
+        return RuleHeader(
+            title=opt("title", lambda n: self.text(n, "'title'", rule_id), ""),
+            description=opt("description", lambda n: self.text(n, "'description'", rule_id), ""),
+            severity=opt("severity", lambda n: self.enum(n, "'severity'", SEVERITIES, rule_id), ""),
+            category=opt("category", lambda n: self.enum(n, "'category'", CATEGORIES, rule_id), ""),
+            owasp=opt("owasp", lambda n: self.enum_list(n, "'owasp'", OWASP_IDS, rule_id), ()),
+            tags=opt("tags", lambda n: self.text_list(n, "'tags'", rule_id), ()),
+            enabled=opt("enabled", lambda n: self.boolean(n, "'enabled'", rule_id), True),
+            score=opt("score", lambda n: self.number(n, "'score'", rule_id, 0, 1), DEFAULT_SCORE),
+        )
 
     # ------------------------------------------------------------ files
 
@@ -794,11 +825,7 @@ class _Loader:
             value = get(key)
             return default if value is None else convert(value)
 
-        title = opt("title", lambda n: self.text(n, "'title'", rule_id), "")
-        description = opt("description", lambda n: self.text(n, "'description'", rule_id), "")
-        severity = opt("severity", lambda n: self.enum(n, "'severity'", SEVERITIES, rule_id), "")
-        category = opt("category", lambda n: self.enum(n, "'category'", CATEGORIES, rule_id), "")
-        owasp = opt("owasp", lambda n: self.enum_list(n, "'owasp'", OWASP_IDS, rule_id), ())
+        head = self.header(mapping, rule_id)
         applies_to = opt(
             "applies_to", lambda n: self.enum_list(n, "'applies_to'", KINDS, rule_id), ()
         )
@@ -808,11 +835,8 @@ class _Loader:
         maturity = opt(
             "maturity", lambda n: self.enum(n, "'maturity'", MATURITIES, rule_id), "stable"
         )
-        score = opt("score", lambda n: self.number(n, "'score'", rule_id, 0, 1), DEFAULT_SCORE)
         mask = opt("mask", lambda n: self.boolean(n, "'mask'", rule_id), None)
-        tags = opt("tags", lambda n: self.text_list(n, "'tags'", rule_id), ())
         references = opt("references", lambda n: self.text_list(n, "'references'", rule_id), ())
-        enabled = opt("enabled", lambda n: self.boolean(n, "'enabled'", rule_id), True)
         scope = _RuleScope(rule_id, fields)
         condition = opt("condition", lambda n: self.node(n, scope), None)
         exceptions: list[Node | None] = []
@@ -825,19 +849,19 @@ class _Loader:
         return (
             Rule(
                 id=rule_id,
-                title=title,
-                description=description,
-                severity=severity,
-                category=category,
-                owasp=owasp,
+                title=head.title,
+                description=head.description,
+                severity=head.severity,
+                category=head.category,
+                owasp=head.owasp,
                 applies_to=applies_to,
                 fields=fields or (),
                 maturity=maturity,
-                score=score,
-                mask=category in MASKED_CATEGORIES if mask is None else mask,
-                tags=tags,
+                score=head.score,
+                mask=head.category in MASKED_CATEGORIES if mask is None else mask,
+                tags=head.tags,
                 references=references,
-                enabled=enabled,
+                enabled=head.enabled,
                 condition=condition,
                 exceptions=tuple(e for e in exceptions if e is not None),
                 examples=tuple(examples),

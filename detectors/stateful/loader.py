@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from detectors.errors import RuleSetError
 from detectors.loader import _expand, _Loader, _suggest, to_python
-from detectors.model import CATEGORIES, KINDS, OWASP_IDS, SEVERITIES, ValueLeaf
+from detectors.model import CATEGORIES, KINDS, ValueLeaf
 from detectors.modifiers import ValueTest
 from detectors.stateful.model import (
     AGGREGATES,
@@ -72,7 +72,6 @@ DETECTORS = ("pattern", "ml", "anomaly", "correlation")
 MODES = ("sliding", "tumbling")
 MAX_WINDOW = 90 * 86400.0
 MAX_COUNT = 100_000
-DEFAULT_SCORE = 0.8
 SCENARIO_START = "2026-01-05T09:00:00Z"  # a Monday, 09:00 UTC
 STATEFUL_UPGRADE = (
     f"this engine reads '{SCHEMA}'; set 'schema: {SCHEMA}' and check the file with "
@@ -504,11 +503,7 @@ class _StatefulLoader(_Loader):
             value = get(key)
             return default if value is None else convert(value)
 
-        title = opt("title", lambda n: self.text(n, "'title'", rule_id), "")
-        description = opt("description", lambda n: self.text(n, "'description'", rule_id), "")
-        severity = opt("severity", lambda n: self.enum(n, "'severity'", SEVERITIES, rule_id), "")
-        category = opt("category", lambda n: self.enum(n, "'category'", CATEGORIES, rule_id), "")
-        owasp = opt("owasp", lambda n: self.enum_list(n, "'owasp'", OWASP_IDS, rule_id), ())
+        head = self.header(mapping, rule_id)
         by = opt("by", lambda n: self.path(n, "'by'", rule_id), ())
         match_node = get("match")
         match_map = self.expect_map(match_node, "'match'", rule_id) if match_node else None
@@ -518,18 +513,16 @@ class _StatefulLoader(_Loader):
         spec = self.spec(kind, mapping, rule_id) if kind is not None else None
         dedup = opt("dedup", lambda n: self.duration(n, "'dedup'", rule_id), None)
         rate = opt("rate_limit", lambda n: self.rate_limit(n, rule_id), None)
-        enabled = opt("enabled", lambda n: self.boolean(n, "'enabled'", rule_id), True)
-        tags = opt("tags", lambda n: self.text_list(n, "'tags'", rule_id), ())
-        score = opt("score", lambda n: self.number(n, "'score'", rule_id, 0, 1), DEFAULT_SCORE)
         examples = opt("examples", lambda n: self.scenarios(n, rule_id), [])
         if missing or len(self.errors) > before or rule_id is None or spec is None or (
             match is None or kind is None
         ):
             return None
         return StatefulRule(
-            id=rule_id, title=title, description=description, severity=severity,
-            category=category, owasp=owasp, tags=tags, kind=kind, by=by, by_text=".".join(by),
-            match=match, spec=spec, dedup=dedup, rate_limit=rate, enabled=enabled, score=score,
+            id=rule_id, title=head.title, description=head.description, severity=head.severity,
+            category=head.category, owasp=head.owasp, tags=head.tags, kind=kind, by=by,
+            by_text=".".join(by), match=match, spec=spec, dedup=dedup, rate_limit=rate,
+            enabled=head.enabled, score=head.score,
             examples=tuple(examples), file=mapping.loc.file, line=mapping.loc.line,
         )
 
