@@ -18,7 +18,7 @@ odd input: what is missing or of the wrong type is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -439,15 +439,17 @@ class _Evaluation:
         self, pattern: Pattern, pattern_id: int, leaf: RegexLeaf, scan: KeywordScan, view: View
     ) -> list[tuple[int, int, str]]:
         """The pattern's matches in a view: at its start literals, in windows, or everywhere."""
+        compiled, text, timeout = pattern.compiled, view.text, self.timeout
+        found: Iterator[Any]
         if view.from_kw is None:
-            return self._run(pattern, view.text, leaf)
-        starts = scan.starts(pattern_id) if pattern.gate.starts else None
-        if starts is not None:
-            return self._run_at(pattern, view.text, view.from_kw, starts, leaf)
-        windows = _windows(pattern, scan, view.from_kw, len(view.text))
-        if windows is not None:
-            return self._run_windows(pattern, view.text, windows, leaf)
-        return self._run(pattern, view.text, leaf)
+            found = compiled.finditer(text, timeout=timeout)
+        elif (starts := scan.starts(pattern_id) if pattern.gate.starts else None) is not None:
+            found = _at_starts(compiled, text, view.from_kw, starts, timeout)
+        elif (windows := _windows(pattern, scan, view.from_kw, len(text))) is not None:
+            found = _in_windows(compiled, text, windows, timeout)
+        else:
+            found = compiled.finditer(text, timeout=timeout)
+        return self._collect(pattern, leaf, text, found)
 
     def _may_match(self, pattern: Pattern, view: View) -> bool:
         prefilter = self.program.prefilter
@@ -470,79 +472,18 @@ class _Evaluation:
                 return None
         return start, end
 
-    def _run(self, pattern: Pattern, text: str, leaf: RegexLeaf) -> list[tuple[int, int, str]]:
-        """Every match in the text, as ``finditer`` gives them (bounded in number and time)."""
+    def _collect(
+        self, pattern: Pattern, leaf: RegexLeaf, text: str, matches: Iterator[Any]
+    ) -> list[tuple[int, int, str]]:
+        """Accepted hits of the matches, at most ``MAX_HITS_PER_PATTERN``, within the timeout."""
         out: list[tuple[int, int, str]] = []
         try:
-            for match in pattern.compiled.finditer(text, timeout=self.timeout):
+            for match in matches:
                 span = self._accept(match, pattern, leaf)
                 if span is not None:
                     out.append((*span, text[span[0] : span[1]]))
                     if len(out) >= MAX_HITS_PER_PATTERN:
                         break
-        except TimeoutError:
-            self.program.regex_timeouts += 1
-        return out
-
-    def _run_at(
-        self,
-        pattern: Pattern,
-        text: str,
-        from_kw: SpanMap,
-        kw_starts: list[int],
-        leaf: RegexLeaf,
-    ) -> list[tuple[int, int, str]]:
-        """The same matches as ``_run``, trying the regex only where a start literal is.
-
-        Every match begins with one of the pattern's start literals, so trying
-        each such place left to right and skipping overlaps finds exactly the
-        non-overlapping matches a full ``finditer`` would.
-        """
-        out: list[tuple[int, int, str]] = []
-        resume = 0
-        try:
-            for pos in sorted({from_kw.span(k, k + 1)[0] for k in kw_starts}):
-                if pos < resume:
-                    continue
-                match = pattern.compiled.match(text, pos, timeout=self.timeout)
-                if match is None:
-                    continue
-                resume = match.end()
-                span = self._accept(match, pattern, leaf)
-                if span is not None:
-                    out.append((*span, text[span[0] : span[1]]))
-                    if len(out) >= MAX_HITS_PER_PATTERN:
-                        break
-        except TimeoutError:
-            self.program.regex_timeouts += 1
-        return out
-
-    def _run_windows(
-        self, pattern: Pattern, text: str, windows: list[tuple[int, int]], leaf: RegexLeaf
-    ) -> list[tuple[int, int, str]]:
-        """Matches found inside windows around required literals, left to right.
-
-        A match that reaches a window's end is matched again from its start
-        over the whole text, so the window's edge never shapes a match.
-        """
-        out: list[tuple[int, int, str]] = []
-        resume = 0
-        size = len(text)
-        compiled = pattern.compiled
-        try:
-            for low, high in windows:
-                for found in compiled.finditer(text, max(low, resume), high, timeout=self.timeout):
-                    match = found
-                    if found.end() >= high and high < size:
-                        match = compiled.match(text, found.start(), timeout=self.timeout)
-                        if match is None:
-                            continue
-                    resume = match.end()
-                    span = self._accept(match, pattern, leaf)
-                    if span is not None:
-                        out.append((*span, text[span[0] : span[1]]))
-                        if len(out) >= MAX_HITS_PER_PATTERN:
-                            return out
         except TimeoutError:
             self.program.regex_timeouts += 1
         return out
@@ -588,6 +529,46 @@ class _Evaluation:
         if context.near.search(folded):
             return Hit(index, start, end, value, 0.0 if context.require else context.boost)
         return None if context.require else Hit(index, start, end, value, 0.0)
+
+
+def _at_starts(
+    compiled: Any, text: str, from_kw: SpanMap, kw_starts: list[int], timeout: float
+) -> Iterator[Any]:
+    """The same matches as ``finditer``, trying the regex only where a start literal is.
+
+    Every match begins with one of the pattern's start literals, so trying each
+    such place left to right and skipping overlaps finds exactly the
+    non-overlapping matches a full ``finditer`` would.
+    """
+    resume = 0
+    for pos in sorted({from_kw.span(k, k + 1)[0] for k in kw_starts}):
+        if pos < resume:
+            continue
+        match = compiled.match(text, pos, timeout=timeout)
+        if match is not None:
+            resume = match.end()
+            yield match
+
+
+def _in_windows(
+    compiled: Any, text: str, windows: list[tuple[int, int]], timeout: float
+) -> Iterator[Any]:
+    """Matches found inside windows around required literals, left to right.
+
+    A match that reaches a window's end is matched again from its start over
+    the whole text, so the window's edge never shapes a match.
+    """
+    resume = 0
+    size = len(text)
+    for low, high in windows:
+        for found in compiled.finditer(text, max(low, resume), high, timeout=timeout):
+            match = found
+            if found.end() >= high and high < size:
+                match = compiled.match(text, found.start(), timeout=timeout)
+                if match is None:
+                    continue
+            resume = match.end()
+            yield match
 
 
 def _windows(
