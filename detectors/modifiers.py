@@ -73,31 +73,42 @@ class In(Equals):
     id = "in"
 
 
-class Contains(Modifier):
+class _TextTest(Modifier):
+    """A string operator: the field value (folded unless ``cased``) compared with the expected."""
+
+    @staticmethod
+    def compare(value: str, want: str) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
+        want = _fold(_expect_str(expected, cls.id), cased)
+        compare = cls.compare
+        return lambda v: isinstance(v, str) and compare(_fold(v, cased), want)
+
+
+class Contains(_TextTest):
     id = "contains"
 
-    @classmethod
-    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
-        want = _fold(_expect_str(expected, cls.id), cased)
-        return lambda v: isinstance(v, str) and want in _fold(v, cased)
+    @staticmethod
+    def compare(value: str, want: str) -> bool:
+        return want in value
 
 
-class StartsWith(Modifier):
+class StartsWith(_TextTest):
     id = "startswith"
 
-    @classmethod
-    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
-        want = _fold(_expect_str(expected, cls.id), cased)
-        return lambda v: isinstance(v, str) and _fold(v, cased).startswith(want)
+    @staticmethod
+    def compare(value: str, want: str) -> bool:
+        return value.startswith(want)
 
 
-class EndsWith(Modifier):
+class EndsWith(_TextTest):
     id = "endswith"
 
-    @classmethod
-    def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
-        want = _fold(_expect_str(expected, cls.id), cased)
-        return lambda v: isinstance(v, str) and _fold(v, cased).endswith(want)
+    @staticmethod
+    def compare(value: str, want: str) -> bool:
+        return value.endswith(want)
 
 
 class Re(Modifier):
