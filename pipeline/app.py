@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
 from detectors import Engine, RuleSetError, load_rules
 from detectors.stateful import StatefulDetector
@@ -37,7 +38,7 @@ from pipeline.kafka import ensure_topics
 from pipeline.process import Decoded, Incoming, decode_batch, detect_batch
 from pipeline.settings import Settings, SettingsError
 from pipeline.stateful import StatefulStage, load_detector
-from pipeline.transport import tuned_transport
+from pipeline.transport import KeepQueuesFlowControl, tuned_transport
 from pipeline.users import UserDirectory, follow_users
 
 log = logging.getLogger("llmtrail.worker")
@@ -50,11 +51,15 @@ EXIT_ARCHIVE_FAILED = 75
 
 
 class LlmtrailApp(faust.App):
-    """faust.App with our tuned transport (configurable consumer fetch wait)."""
+    """faust.App with our tuned transport and flow control (see pipeline.transport)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         self.llmtrail = settings
         super().__init__(settings.app_id, **options)
+
+    @cached_property
+    def flow_control(self) -> KeepQueuesFlowControl:
+        return KeepQueuesFlowControl(loop=self.loop)
 
     def _new_transport(self) -> Any:
         transport_class = tuned_transport(self.llmtrail.fetch_max_wait_ms)

@@ -1,19 +1,45 @@
-"""Faust's aiokafka transport: a configurable fetch wait, and no acks of skipped messages.
+"""Faust's aiokafka transport: a configurable fetch wait, and no lost messages around rebalances.
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. On brokers
 that hold a waiting fetch until the wait expires (the embedded Tansu does),
 that stalls every partition for 1.5 s whenever it runs dry, costing
 throughput and adding seconds of latency. Faust lets an app replace its
-transport class, so we subclass the three classes involved and set the wait
-from ``LLMTRAIL_FETCH_MAX_WAIT_MS`` on the consumer before it starts.
+transport class, so we subclass the classes involved and set the wait from
+``LLMTRAIL_FETCH_MAX_WAIT_MS`` on the consumer before it starts.
+
+The same classes close the ways we found of losing messages when partitions
+are assigned (at every start, and at every rebalance); see
+:class:`TunedConsumer` and :class:`KeepQueuesFlowControl`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.utils.queues import FlowControlEvent
+
+
+class KeepQueuesFlowControl(FlowControlEvent):
+    """Faust's flow control, but a resume empties the stream queues only after a suspension.
+
+    Faust resumes the flow twice after an assignment: once when its table
+    recovery finds nothing to restore, and again once it has sought every
+    partition to its committed offset. Messages fetched for the new assignment
+    in between sit in the stream queues, and the second resume cleared them:
+    never processed, never fetched again, so lost (seen as a run of 10-30
+    missing events per partition after each worker restart). Queues hold
+    nothing stale at that point: the rebalance that suspended the flow cleared
+    them, and a message of an older generation is skipped by the stream.
+    """
+
+    def resume(self) -> None:
+        if self.is_active():
+            return
+        super().resume()
 
 
 class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -25,23 +51,38 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """The committed offset of every assigned partition, without moving the fetcher.
+
+        aiokafka starts each new assignment at the committed offset already.
+        Seeking again, as Faust does once the assignment is done, re-reads
+        whatever was fetched in between, and those messages were delivered
+        twice. A partition without a committed offset is left out.
+        """
+        consumer = self._ensure_consumer()
+
+        async def committed() -> dict[TP, int]:
+            offsets = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+            return {tp: offset for tp, offset in offsets.items() if offset is not None}
+
+        result: dict[TP, int] = await self.call_thread(committed)
+        return result
+
 
 class TunedConsumer(faust_aiokafka.Consumer):
-    """Faust's consumer with the fetch wait set, and two ways of losing messages closed.
-
-    Both come from what a commit may claim after a rebalance:
+    """Faust's consumer with the fetch wait set, and what a commit may claim made safe.
 
     * Faust's stream skips the messages it fetched under the previous
-      assignment (flow control suspended, or an older generation) and acks them
-      as it skips them, so their offsets would count as processed. An ack in
-      those conditions here only releases the message; its offset stays
+      assignment (flow control suspended, or an older generation) and may ack
+      them as it skips them, so their offsets would count as processed. An ack
+      in those conditions here only releases the message; its offset stays
       uncommitted and is fetched again after the rebalance.
     * Faust computes the next commit from the run of acked offsets and checks
       that the run starts right after the committed offset only once something
-      was committed in the current assignment (and then by one offset too few).
-      Here a commit never starts past the committed offset, or, before the first
-      commit of an assignment, past the first offset fetched in it, unless every
-      offset in between is a known gap of the log.
+      was committed (and then by one offset too few). Here a commit never
+      starts past the committed offset, or, for a partition without one, past
+      the start of its log, unless every offset in between is a known gap of
+      the log.
 
     What the archive already holds is dropped again by offset, so re-fetching
     costs time, never a duplicate archived event.
@@ -50,33 +91,24 @@ class TunedConsumer(faust_aiokafka.Consumer):
     fetch_max_wait_ms: int = 100
 
     @property
-    def _first_fetched(self) -> dict[Any, int]:
-        first: dict[Any, int] | None = self.__dict__.get("_llmtrail_first_fetched")
-        if first is None:
-            first = self.__dict__["_llmtrail_first_fetched"] = {}
-        return first
+    def _log_start(self) -> dict[Any, int]:
+        """First offset of the log of each assigned partition that has no committed offset."""
+        start: dict[Any, int] | None = self.__dict__.get("_llmtrail_log_start")
+        if start is None:
+            start = self.__dict__["_llmtrail_log_start"] = {}
+        return start
 
     def _new_consumer_thread(self) -> TunedConsumerThread:
         thread = TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
         thread.fetch_max_wait_ms = self.fetch_max_wait_ms
         return thread
 
-    def track_message(self, message: Any) -> None:
-        super().track_message(message)
-        if message.generation_id == self.app.consumer_generation_id:
-            first = self._first_fetched.get(message.tp)
-            if first is None or message.offset < first:
-                self._first_fetched[message.tp] = message.offset
-
-    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
-        for tp in revoked:
-            self._first_fetched.pop(tp, None)
-        await super().on_partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
-        for tp in assigned:
-            self._first_fetched.pop(tp, None)
-        await super().on_partitions_assigned(assigned, generation_id)
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self._log_start.clear()
+        fresh = [tp for tp in self.assignment() if self._committed_offset[tp] is None]
+        if fresh:
+            self._log_start.update(await self.earliest_offsets(*fresh))
 
     def ack(self, message: Any) -> bool:
         app = self.app
@@ -91,7 +123,7 @@ class TunedConsumer(faust_aiokafka.Consumer):
         if acked:
             start = self._committed_offset[tp]
             if start is None:
-                start = self._first_fetched.get(tp)
+                start = self._log_start.get(tp)
             head = min(acked)
             if start is not None and head > start and not _all_gaps(self._gap[tp], start, head):
                 return None  # an offset before the acked run is still unprocessed

@@ -186,11 +186,6 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
     alerts = [orjson.loads(r.value) for r in records]
     correlated = stateful_alerts(records)
     assert fired(correlated) <= expected, "a near miss fired"
-    missing = expected - fired(correlated)
-    if missing and workers > 1:
-        # Known open bug (session 2 note, docs/archive.md): across a rebalance a worker can
-        # still lose records; the near misses above stay strict.
-        pytest.xfail(f"{len(missing)} scenarios lost with {workers} workers: {sorted(missing)}")
     assert fired(correlated) == expected
     assert len(correlated) == len(expected), [a["rule_id"] for a in correlated]
     by_rule = {a["rule_id"]: a for a in correlated}
