@@ -188,19 +188,22 @@ class Sequence_(Kind):
             partials = [p for p in partials if obs.ts - p["t0"] <= spec.within]
             if any(obs.event_id in p["ev"] for p in partials):
                 continue
-            done, advanced_first = self._advance(spec, partials, matched, obs)
+            done = self._advance(spec, partials, matched, obs)
             if done is not None:
                 fired.append(Fired(key, tuple(done["ev"][-MAX_LISTED:]), {
                     "steps": [step.name for step in spec.steps], "within_s": spec.within,
                     "first_ts": format_time(done["t0"]),
                 }, obs))
                 partials = []
-            elif 0 in matched and not advanced_first and (not spec.join_fingerprint or matched[0]):
+            elif 0 in matched and (not spec.join_fingerprint or matched[0]):
+                # Every first-step event opens a partial, even one that also advanced an older
+                # partial: with a repeated first step, the newest run can complete in time
+                # when the older one, anchored on a stale event, cannot.
                 first = spec.steps[0]
                 partials.append({"i": 1 if first.times == 1 else 0, "n": 0 if first.times == 1
                                  else 1, "t0": obs.ts, "tl": obs.ts, "ev": [obs.event_id],
                                  "fp": sorted(matched[0])})
-                partials = partials[-MAX_PARTIALS:]
+                partials = _undominated(partials, spec.join_fingerprint)[-MAX_PARTIALS:]
         if partials:
             states.put(skey, {"p": partials}, expires=max(p["t0"] for p in partials) + spec.within)
         else:
@@ -211,8 +214,7 @@ class Sequence_(Kind):
     def _advance(
         spec: SequenceSpec, partials: list[dict[str, Any]], matched: dict[int, set[str]],
         obs: Observation,
-    ) -> tuple[dict[str, Any] | None, bool]:
-        advanced_first = False
+    ) -> dict[str, Any] | None:
         for partial in partials:
             step = partial["i"]
             if step not in matched or obs.ts < partial["tl"]:
@@ -223,14 +225,30 @@ class Sequence_(Kind):
             partial["ev"].append(obs.event_id)
             partial["tl"] = obs.ts
             if step == 0:
-                advanced_first = True
                 partial["fp"] = sorted(set(partial["fp"]) | matched[0])
             if partial["n"] >= spec.steps[step].times:
                 partial["i"] += 1
                 partial["n"] = 0
             if partial["i"] == len(spec.steps):
-                return partial, advanced_first
-        return None, advanced_first
+                return partial
+        return None
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any], join_fingerprint: bool) -> bool:
+    """``a`` can complete whenever ``b`` can: it started no earlier and got at least as far
+    (and, joined by fingerprint, holds every fingerprint ``b`` holds)."""
+    return a["t0"] >= b["t0"] and (a["i"], a["n"]) >= (b["i"], b["n"]) and (
+        not join_fingerprint or set(a["fp"]) >= set(b["fp"]))
+
+
+def _undominated(partials: list[dict[str, Any]], join_fingerprint: bool) -> list[dict[str, Any]]:
+    """The partials no newer one dominates, oldest first."""
+    kept: list[dict[str, Any]] = []
+    for partial in reversed(partials):
+        if not any(_dominates(newer, partial, join_fingerprint) for newer in kept):
+            kept.append(partial)
+    kept.reverse()
+    return kept
 
 
 def _metric(aggregate: str, agg: list[Any]) -> float | None:

@@ -177,14 +177,23 @@ steps:
 REFUSED = FindingView("refusal", "compliance", "pattern", "response.text")
 
 
-@pytest.mark.parametrize(("refusals", "fires"), [(3, True), (4, True), (2, False)])
-def test_sequence_repeated_step(tmp_path: Path, refusals: int, fires: bool) -> None:
+@pytest.mark.parametrize(("refusals", "answer", "fires"), [
+    ([0, 10, 20], 100, True),
+    ([0, 10, 20, 30], 100, True),
+    ([0, 10], 100, False),
+    ([0, 480, 540, 600], 720, True),    # the first refusal is stale, the last three are in time
+    ([0, 480, 540, 600, 610], 720, True),
+    ([0, 480, 540], 720, False),        # only two refusals within 10 minutes of the answer
+])
+def test_sequence_repeated_step(tmp_path: Path, refusals: list[int], answer: int,
+                                fires: bool) -> None:
     rules = ruleset(tmp_path, PROBING)
-    scanned: Scanned = [
-        (ev(i * 10, "response", session_id="s"), [REFUSED]) for i in range(refusals)
-    ]
-    scanned.append((ev(100, "response", session_id="s"), []))
-    assert bool(run(rules, scanned)) is fires
+    scanned: Scanned = [(ev(at, "response", session_id="s"), [REFUSED]) for at in refusals]
+    scanned.append((ev(answer, "response", session_id="s"), []))
+    alerts = run(rules, scanned)
+    assert bool(alerts) is fires
+    if fires:
+        assert alerts[0]["correlation"]["events"][-1] == scanned[-1][0]["event_id"]
 
 
 EXFIL = """
