@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import orjson
+from botocore.exceptions import BotoCoreError, ClientError
 
 from detectors import build_alert
 from detectors.event import EventError, decode_event
@@ -394,11 +395,26 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
 # -- argparse wiring ----------------------------------------------------------------------------
 
 
+def _check_local_root(settings: Settings) -> None:
+    """A local archive directory that does not exist is a wrong ``--data-dir``, not an empty
+    archive: reading it would say "OK, 0 events"."""
+    root = settings.archive_dir
+    if settings.archive_backend != "local" or root.is_dir():
+        return
+    latest = settings.data_dir / "latest"
+    hint = (f"`llmtrail up` and `demo` archive each run under DATA_DIR/runs/<time>/: use "
+            f"--data-dir {latest}" if (latest / "archive").is_dir() else
+            "point --data-dir (LLMTRAIL_DATA_DIR) at the workers' data directory")
+    raise UsageError(f"no archive at {root}; {hint}")
+
+
 def _guarded(run: Any) -> Any:
-    """Turn the archive's and the settings' errors into a message and an exit code."""
+    """Turn the archive's, the storage's and the settings' errors into a message and an exit
+    code."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
         try:
+            _check_local_root(settings)
             code: int = run(args, settings)
         except (UsageError, SettingsError, RetentionError) as exc:
             print(f"llmtrail: {exc}", file=sys.stderr)
@@ -406,6 +422,10 @@ def _guarded(run: Any) -> Any:
         except ArchiveError as exc:
             print(f"llmtrail: archive error: {exc}", file=sys.stderr)
             return EXIT_PROBLEMS
+        except (BotoCoreError, ClientError) as exc:  # the messages name no credentials
+            print(f"llmtrail: cannot use the archive at s3://{settings.archive_s3_bucket}/"
+                  f"{settings.archive_s3_prefix}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         return code
 
     return handler

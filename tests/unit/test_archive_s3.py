@@ -13,7 +13,16 @@ from pipeline.archive.chain import Chain
 from pipeline.archive.config import open_backend
 from pipeline.cli_archive import verify_command
 from pipeline.settings import Settings
-from tests.s3_helpers import T0, TOPIC, archive_settings, event, records_of, s3_client
+from tests.s3_helpers import (
+    S3_KEY_ID,
+    S3_SECRET,
+    T0,
+    TOPIC,
+    archive_settings,
+    event,
+    records_of,
+    s3_client,
+)
 
 HOUR_MS = 3_600_000
 
@@ -101,3 +110,25 @@ def test_two_writers_on_one_partition_never_fork_the_chain(s3_settings: Settings
     assert first.append(records).written == 2
     assert archived_ids(s3_settings) == sorted(f"e-{i}" for i in range(10))
     assert verify_ok(s3_settings)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"archive_s3_bucket": "llmtrail-absent"},
+     "llmtrail: cannot use the archive at s3://llmtrail-absent/archive: An error occurred "
+     "(NoSuchBucket) when calling the ListObjectsV2 operation"),
+    ({"archive_s3_endpoint": "http://127.0.0.1:9"},
+     "llmtrail: cannot use the archive at s3://{bucket}/archive: Could not connect to the "
+     "endpoint URL: \"http://127.0.0.1:9/"),
+])
+@pytest.mark.parametrize("argv", [("archive", "verify"), ("archive", "cat", "--trace", "t-1"),
+                                  ("archive", "query", "SELECT 1")])
+def test_storage_errors_are_a_message_without_credentials(
+        s3_settings: Settings, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+        change: dict[str, str], message: str) -> None:
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.handler(args, s3_settings.replace(**change)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(bucket=s3_settings.archive_s3_bucket)), err
+    assert S3_SECRET not in err and S3_KEY_ID not in err

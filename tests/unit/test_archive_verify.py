@@ -268,3 +268,43 @@ def test_an_anchor_finds_a_rewritten_chain(archived: tuple[Settings, Backend],
     bad.write_text("[1, 2]")
     with pytest.raises(UsageError, match="expected the JSON object verify writes there"):
         verify_command(settings, from_ms=None, to_ms=None, out=out, err=out, anchor=bad)
+
+
+def _handle(settings: Settings, *argv: str) -> int:
+    """One archive command parsed as the CLI parses it, run on ``settings``."""
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args, settings)
+    return code
+
+
+ARCHIVE_COMMANDS = [("archive", "verify"), ("archive", "cat"), ("archive", "query", "SELECT 1"),
+                    ("archive", "prune", "--days", "1"), ("archive", "erase", "--user", "u-1"),
+                    ("backtest", "--rules", str(REPO / "rules"))]
+
+
+@pytest.mark.parametrize("argv", ARCHIVE_COMMANDS)
+@pytest.mark.parametrize(("run_dir", "hint"), [
+    (True, "`llmtrail up` and `demo` archive each run under DATA_DIR/runs/<time>/: use "
+           "--data-dir {data}/latest"),
+    (False, "point --data-dir (LLMTRAIL_DATA_DIR) at the workers' data directory"),
+])
+def test_a_data_dir_without_an_archive_is_an_error_not_an_empty_archive(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+        run_dir: bool, hint: str) -> None:
+    data = tmp_path / "data"
+    if run_dir:  # what `llmtrail up --data-dir data` leaves: data/latest -> runs/<time>
+        fill(Settings.from_env({}, data_dir=data / "runs" / "r1"), EVENTS[:2])
+        (data / "latest").symlink_to(Path("runs") / "r1")
+    assert _handle(Settings.from_env({}, data_dir=data), *argv) == 2
+    assert capsys.readouterr().err == (f"llmtrail: no archive at {data / 'archive'}; "
+                                       f"{hint.format(data=data)}\n")
+
+
+def test_an_existing_empty_archive_directory_is_verified(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    (tmp_path / "archive").mkdir()
+    assert _handle(Settings.from_env({}, data_dir=tmp_path), "archive", "verify") == 0
+    assert capsys.readouterr().out.startswith("OK: 0 partitions")
