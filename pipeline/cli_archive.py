@@ -293,12 +293,15 @@ def erase_command(settings: Settings, *, user: str, reason: str, out: TextIO) ->
     result = erase_user(backend, open_chain(settings, backend), reader, reader.keys, user,
                         salt=settings.fingerprint_salt.reveal().encode(), reason=reason,
                         hold=hold)
+    held = (f"; kept {result.held} events of the user in traces on legal hold "
+            f"({settings.archive_legal_hold_file})" if result.held else "")
     if not result.removed:
-        print(f"no archived events of user {user}", file=out)
+        print(f"no archived events of user {user}{' outside traces on legal hold' if held else ''}"
+              f"{held}", file=out)
         return EXIT_OK
     print(f"erased {result.removed} events of user {user} from {result.segments} segments "
           f"({result.deleted} deleted, the others rewritten); recorded in the chain as subject "
-          f"{result.subject[:16]}", file=out)
+          f"{result.subject[:16]}{held}", file=out)
     return EXIT_OK
 
 

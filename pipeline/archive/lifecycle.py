@@ -162,16 +162,17 @@ class EraseResult:
     segments: int = 0
     deleted: int = 0
     subject: str = ""
+    held: int = 0
+    """The user's events kept because their trace is on legal hold."""
 
 
-def _erasable(record: ArchivedRecord, user_id: str, needle: bytes, hold: LegalHold) -> bool:
-    """Whether the record is an event of ``user_id`` outside any trace on legal hold."""
+def _of_user(record: ArchivedRecord, user_id: str, needle: bytes) -> dict[str, Any] | None:
+    """The record's event when it is an event of ``user_id``, else None."""
     if needle not in record.value and b"\\u" not in record.value:
-        return False  # cheap pre-filter; an escaped id falls through to the parse
+        return None  # cheap pre-filter; an escaped id falls through to the parse
     event = _event(record.value)
     user = event.get("user")
-    return (isinstance(user, dict) and user.get("id") == user_id
-            and event.get("trace_id") not in hold.traces)
+    return event if isinstance(user, dict) and user.get("id") == user_id else None
 
 
 def erase_user(backend: Backend, chain: Chain, reader: Reader, keys: KeyRing | None,
@@ -186,7 +187,13 @@ def erase_user(backend: Backend, chain: Chain, reader: Reader, keys: KeyRing | N
     rewrites: dict[tuple[str, int], list[tuple[SegmentState, bytes | None, dict[str, Any]]]] = {}
     for state in load_catalog(backend, chain).live():
         records = list(reader.records(state.sid))
-        kept = [r for r in records if not _erasable(r, user_id, needle, hold)]
+        kept = []
+        for record in records:
+            event = _of_user(record, user_id, needle)
+            held = event is not None and event.get("trace_id") in hold.traces
+            result.held += held
+            if event is None or held:
+                kept.append(record)
         if len(kept) == len(records):
             continue
         change: dict[str, Any] = {"segment": state.sid.relpath, "sha256": None, "count": 0,
