@@ -204,13 +204,13 @@ def query(settings: Settings, sql: str, *, masked: bool, from_ms: int | None, to
           output_format: str, out: TextIO, err: TextIO) -> int:
     import duckdb  # noqa: PLC0415 - only this command needs it
 
-    from pipeline.archive.query import load_events, run_query  # noqa: PLC0415
+    from pipeline.archive.query import connect, load_events, run_query  # noqa: PLC0415
 
     masker = _masker(settings, err) if masked else None
     if masked and masker is None:
         return EXIT_USAGE
     reader = open_reader(settings)
-    con = duckdb.connect()
+    con = connect()
     started = time.perf_counter()
     rows, skipped = load_events(con, reader.iter(from_ms=from_ms, to_ms=to_ms),
                                 transform=None if masker is None else masker.mask)

@@ -5,7 +5,7 @@ DuckDB as Arrow chunks, and parsed there into the table ``events``: one row per 
 the Event v1 fields as columns (``user``, ``model``, ``prompt``, ``response``, ``tool``, ``usage``
 as structs: ``"user".id``, ``tool.name``), ``ts`` as a TIMESTAMPTZ, plus where each event is
 stored (``topic``, ``partition``, ``"offset"``, ``kafka_ts``) and ``raw``, the event JSON. Nothing
-decrypted is written to disk.
+decrypted is written to disk (DuckDB's spilling is off, see :func:`connect`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ def _table(topics: list[str], partitions: list[int], offsets: list[int], stamps:
         "kafka_ts_ms": pa.array(stamps, pa.int64()),
         "raw": raw,
     })
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that never spills to disk: DuckDB's default for an in-memory database
+    is a ``.tmp`` directory in the working directory, where a query larger than memory would
+    write decrypted events. Without one, such a query fails with an out-of-memory error."""
+    return duckdb.connect(config={"temp_directory": ""})
 
 
 def load_events(con: duckdb.DuckDBPyConnection, records: Iterable[ArchivedRecord], *,

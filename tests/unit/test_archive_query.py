@@ -157,3 +157,25 @@ def test_query_skips_values_that_are_not_json_objects(tmp_path: Path) -> None:
     code, out, err = run_query(settings, "SELECT event_id FROM events")
     assert code == 0 and out == '{"event_id":"e-1"}\n'
     assert "1 events loaded in" in err and "(3 non-JSON values skipped)" in err
+
+
+@pytest.mark.parametrize(("spills", "expected"), [(False, "no spill file"), (True, ".tmp")])
+def test_queries_never_spill_decrypted_rows_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    spills: bool, expected: str) -> None:
+    import duckdb
+
+    from pipeline.archive.query import connect
+
+    monkeypatch.chdir(tmp_path)  # DuckDB's default spill directory is ./.tmp
+    con = duckdb.connect() if spills else connect()  # the default, to show the test can fail
+    con.execute("SET memory_limit = '20MB'")
+    con.execute("SET threads = 1")
+    sort = "SELECT count(*) FROM (SELECT md5(range::VARCHAR) AS m FROM range(1000000) ORDER BY m)"
+    try:
+        con.execute(sort).fetchall()
+        found = ", ".join(p.name for p in tmp_path.iterdir())
+    except duckdb.OutOfMemoryException:
+        found = ", ".join(p.name for p in tmp_path.iterdir()) or "no spill file"
+    finally:
+        con.close()
+    assert found == expected
