@@ -281,7 +281,12 @@ def prune_command(settings: Settings, *, days: int | None, hold_file: str | None
     return EXIT_OK
 
 
-def erase_command(settings: Settings, *, user: str, reason: str, out: TextIO) -> int:
+def erase_command(settings: Settings, *, user: str, reason: str, out: TextIO,
+                  err: TextIO | None = None) -> int:
+    if settings.fingerprint_salt == Settings.from_env({}).fingerprint_salt:
+        print("llmtrail: warning: LLMTRAIL_FINGERPRINT_SALT is the default, so anyone who reads "
+              "the chain can test a user id against the erasure's subject; set one per "
+              "deployment", file=err or sys.stderr)
     hold = load_legal_hold(settings.archive_legal_hold_file)
     if user in hold.users:
         print(f"user {user} is on legal hold ({settings.archive_legal_hold_file}): nothing "
@@ -458,7 +463,8 @@ def _cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    return erase_command(settings, user=args.user, reason=args.reason, out=sys.stdout)
+    return erase_command(settings, user=args.user, reason=args.reason, out=sys.stdout,
+                         err=sys.stderr)
 
 
 def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:

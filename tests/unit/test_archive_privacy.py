@@ -259,3 +259,18 @@ def test_erase_respects_legal_holds(any_settings: Settings, tmp_path: Path) -> N
     assert erase_command(settings, user="u-gone", reason="r", out=again) == 0
     assert again.getvalue() == ("no archived events of user u-gone outside traces on legal hold"
                                 + held)
+
+
+@pytest.mark.parametrize(("salt", "warned"), [(None, True), ("per-deployment-salt", False)])
+def test_erase_warns_when_the_subject_hmac_uses_the_default_salt(tmp_path: Path,
+                                                                 salt: str | None,
+                                                                 warned: bool) -> None:
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    if salt is not None:
+        settings = settings.replace(fingerprint_salt=Secret(salt))
+    fill(settings, [event(0, user="u-gone")])
+    err = io.StringIO()
+    assert erase_command(settings, user="u-gone", reason="r", out=io.StringIO(), err=err) == 0
+    assert err.getvalue() == ("llmtrail: warning: LLMTRAIL_FINGERPRINT_SALT is the default, so "
+                              "anyone who reads the chain can test a user id against the "
+                              "erasure's subject; set one per deployment\n" if warned else "")
