@@ -8,6 +8,7 @@ name (local directory or S3). Handlers take ``(args, settings)`` and return the 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -434,6 +435,9 @@ def _guarded(run: Any) -> Any:
             print(f"llmtrail: cannot use the archive at s3://{settings.archive_s3_bucket}/"
                   f"{settings.archive_s3_prefix}: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except BrokenPipeError:  # `archive cat | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            return EXIT_OK
         return code
 
     return handler

@@ -308,3 +308,19 @@ def test_an_existing_empty_archive_directory_is_verified(tmp_path: Path,
     (tmp_path / "archive").mkdir()
     assert _handle(Settings.from_env({}, data_dir=tmp_path), "archive", "verify") == 0
     assert capsys.readouterr().out.startswith("OK: 0 partitions")
+
+
+@pytest.mark.parametrize("argv", [("cat",), ("query", "SELECT raw FROM events",
+                                              "--format", "jsonl")])
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    fill(settings, [event(i, text="x" * 400) for i in range(400)], batch=100)  # > a pipe buffer
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-m", "pipeline.cli", "archive", *argv], env=env,
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as head:
+        assert head.stdout is not None and head.stderr is not None
+        assert head.stdout.readline().startswith(b"{")
+        head.stdout.close()  # what `| head -1` does
+        err = head.stderr.read().decode()
+        assert head.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
