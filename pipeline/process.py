@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from detectors import Engine, build_alert
+from detectors import Engine, Finding, build_alert
 from detectors.event import EventError, decode_event
 from pipeline.settings import Settings
 from pipeline.users import UserDirectory, enrich
@@ -117,12 +117,13 @@ def detect_batch(
         result.out.append(Outgoing(settings.deadletter_topic, msg.key,
                                    dead_letter(msg, reason, stage="decode", failed_at=now)))
         result.dead += 1
-    for msg, raw_event in decoded.valid:
-        event = enrich(raw_event, users)
-        try:
-            findings = engine.scan(event)
-        except Exception as exc:  # an engine bug must not lose the event: dead-letter it
-            log.exception("engine failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+    events = [enrich(raw_event, users) for _, raw_event in decoded.valid]
+    for (msg, _), event, findings in zip(decoded.valid, events, _scan_all(engine, events),
+                                         strict=True):
+        if isinstance(findings, Exception):  # an engine bug must not lose the event
+            exc = findings
+            log.error("engine failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset,
+                      exc_info=exc)
             reason = f"internal error in detection: {type(exc).__name__}: {exc}"
             result.out.append(Outgoing(settings.deadletter_topic, msg.key,
                                        dead_letter(msg, reason, stage="detect", failed_at=now)))
@@ -136,3 +137,23 @@ def detect_batch(
             result.out.append(Outgoing(settings.severity_topic(finding.severity), key, alert))
             result.alerts += 1
     return result
+
+
+def _scan_all(engine: Engine, events: list[dict[str, Any]]) -> list[list[Finding] | Exception]:
+    """Findings per event, from one batched scan (the classifier scores the batch at once).
+
+    If the batch fails, each event is scanned alone, so only the events the
+    engine fails on come back as their exception (dead-lettered by the caller).
+    """
+    try:
+        return list(engine.scan_batch(events))
+    except Exception:
+        log.exception("engine failed on a batch of %d events; scanning them one by one",
+                      len(events))
+    out: list[list[Finding] | Exception] = []
+    for event in events:
+        try:
+            out.append(engine.scan(event))
+        except Exception as exc:
+            out.append(exc)
+    return out

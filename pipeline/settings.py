@@ -145,7 +145,7 @@ class Settings:
         "Salt of the fingerprints of secrets and PII in alerts; set one per deployment.",
     )
     fetch_max_wait_ms: int = _setting(
-        "LLMTRAIL_FETCH_MAX_WAIT_MS", 100,
+        "LLMTRAIL_FETCH_MAX_WAIT_MS", 25,
         "Consumer fetch wait; Faust hard-codes 1500 ms, which stalls small brokers.",
     )
     session_timeout: float = _setting(
@@ -171,7 +171,7 @@ class Settings:
         "Most events a worker takes at once (one durable archive append per batch).",
     )
     batch_within: float = _setting(
-        "LLMTRAIL_BATCH_WITHIN", 0.05, "Longest wait, seconds, to fill a batch before processing."
+        "LLMTRAIL_BATCH_WITHIN", 0.02, "Longest wait, seconds, to fill a batch before processing."
     )
     archive_fsync: bool = _setting(
         "LLMTRAIL_ARCHIVE_FSYNC", True, "fsync archive segments before acknowledging (keep on)."

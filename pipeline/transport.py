@@ -43,7 +43,7 @@ class KeepQueuesFlowControl(FlowControlEvent):
 
 
 class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 25
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -88,7 +88,7 @@ class TunedConsumer(faust_aiokafka.Consumer):
     costs time, never a duplicate archived event.
     """
 
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 25
 
     @property
     def _log_start(self) -> dict[Any, int]:

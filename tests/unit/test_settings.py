@@ -12,7 +12,7 @@ from pipeline.settings import Secret, Settings, SettingsError
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})
     assert settings.broker == "kafka://127.0.0.1:9092"
-    assert settings.fetch_max_wait_ms == 100
+    assert settings.fetch_max_wait_ms == 25
     assert settings.session_timeout == 6.0
     assert settings.heartbeat_interval == 1.0
     assert settings.events_topic == "llm.events"
