@@ -186,16 +186,19 @@ def _check_segments(backend: Backend, catalog: Catalog, from_ms: int | None, to_
             if deep is not None:
                 _decode_all(deep, state, data, where, report)
             continue
-        if len(data) != state.size:
-            what = (f"size {len(data)} bytes, its manifest says {state.size} "
-                    + ("(truncated)" if len(data) < state.size else "(bytes added)"))
+        other = owner_of.get(digest)
+        cause = (f"it holds the bytes of segment {other} (segments swapped or copied)"
+                 if other is not None else
+                 "it still holds its bytes from before an erasure: re-run archive erase"
+                 if digest in state.history else None)
+        size = f"size {len(data)} bytes, its manifest says {state.size}"
+        if cause is not None:  # known bytes: no guess at truncation or insertion
+            what = (f"{size}; " if len(data) != state.size
+                    else "SHA-256 does not match its manifest; ") + cause
+        elif len(data) != state.size:
+            what = f"{size} " + ("(truncated)" if len(data) < state.size else "(bytes added)")
         else:
             what = "SHA-256 does not match its manifest (bytes altered)"
-        other = owner_of.get(digest)
-        if other is not None:
-            what += f"; it holds the bytes of segment {other} (segments swapped or copied)"
-        elif digest in state.history:
-            what += "; it still holds its bytes from before an erasure: re-run archive erase"
         report.problems.append(Problem(where, what))
 
 

@@ -110,6 +110,21 @@ def test_tampering_with_segments_is_reported(archived: tuple[Settings, Backend],
     assert "FAILED: " in out and "OK:" not in out
 
 
+def test_a_swap_is_named_as_such_not_guessed_at(archived: tuple[Settings, Backend]) -> None:
+    settings, backend = archived
+    keys = segment_keys(backend)
+    sizes = [len(backend.get(k)) for k in keys]
+    assert sizes[0] != sizes[2]
+    _swap(backend, keys[0], keys[2])
+    broken = [line for line in run_verify(settings)[1].splitlines() if line.startswith("BROKEN")]
+    assert broken == [
+        f"BROKEN {backend.describe(keys[0])}: size {sizes[2]} bytes, its manifest says "
+        f"{sizes[0]}; it holds the bytes of segment {keys[2]} (segments swapped or copied)",
+        f"BROKEN {backend.describe(keys[2])}: size {sizes[0]} bytes, its manifest says "
+        f"{sizes[2]}; it holds the bytes of segment {keys[0]} (segments swapped or copied)",
+    ]
+
+
 def _entry(backend: Backend, seq: int) -> str:
     return entry_key(TOPIC, 0, seq)
 
