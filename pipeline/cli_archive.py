@@ -265,6 +265,8 @@ def _seal_local(settings: Settings, backend: Backend) -> None:
 
 def prune_command(settings: Settings, *, days: int | None, hold_file: str | None,
                   dry_run: bool, out: TextIO, now_ms: int | None = None) -> int:
+    if days is not None and days < 1:  # 0 would delete every sealed segment
+        raise RetentionError(f"--days {days}: days must be >= 1")
     retention = {"*": days} if days is not None else parse_retention(settings.archive_retention)
     if not retention:
         raise RetentionError("no retention: set LLMTRAIL_ARCHIVE_RETENTION (e.g. 90 or "

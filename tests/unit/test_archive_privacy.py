@@ -180,6 +180,22 @@ def test_prune_needs_a_retention(any_settings: Settings) -> None:
         prune_command(any_settings, days=None, hold_file=None, dry_run=True, out=io.StringIO())
 
 
+@pytest.mark.parametrize(("days", "error"), [(0, "--days 0: days must be >= 1"),
+                                             (-3, "--days -3: days must be >= 1"), (1, None)])
+def test_prune_days_must_be_positive(tmp_path: Path, days: int, error: str | None) -> None:
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    fill(settings, [event(0)])
+    out = io.StringIO()
+    later = int(T0.timestamp() * 1000) + 2 * 86_400_000  # the event is two days old
+    if error is None:
+        prune_command(settings, days=days, hold_file=None, dry_run=True, out=out, now_ms=later)
+        assert out.getvalue().startswith("would delete 1 segments (1 events)")
+        return
+    with pytest.raises(RetentionError, match=f"^{error}$"):
+        prune_command(settings, days=days, hold_file=None, dry_run=True, out=out, now_ms=later)
+    assert out.getvalue() == ""
+
+
 def test_prune_respects_retention_window(any_settings: Settings) -> None:
     fill(any_settings, [event(0)])
     out = io.StringIO()
