@@ -82,7 +82,7 @@ def load_legal_hold(path: str) -> LegalHold:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise RetentionError(f"LLMTRAIL_ARCHIVE_LEGAL_HOLD_FILE={path}: {exc.strerror}") from None
+        raise RetentionError(f"legal hold file {path}: {exc.strerror}") from None  # flag or setting
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):

@@ -154,6 +154,10 @@ def test_legal_hold_file(tmp_path: Path) -> None:
     with pytest.raises(RetentionError, match=r"hold.txt:2: expected trace:<id> or user:<id>, "
                        "got 'session:s-1'"):
         load_legal_hold(str(path))
+    missing = tmp_path / "absent.txt"  # named by --hold or by the setting: the message fits both
+    with pytest.raises(RetentionError, match=f"^legal hold file {missing}: No such file or "
+                       "directory$"):
+        load_legal_hold(str(missing))
 
 
 def test_prune_keeps_held_segments_and_verify_reports_it(any_settings: Settings,
