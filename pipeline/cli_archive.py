@@ -89,6 +89,13 @@ def _range(args: argparse.Namespace) -> tuple[int | None, int | None]:
     return start, end
 
 
+def _location(settings: Settings) -> str:
+    """Where the archive is, for messages (never with credentials)."""
+    if settings.archive_backend == "local":
+        return str(settings.archive_dir)
+    return f"s3://{settings.archive_s3_bucket}/{settings.archive_s3_prefix.strip('/')}"
+
+
 def _masker(settings: Settings, err: TextIO) -> Masker | None:
     ruleset = cli_rules._load(list(settings.rules), err)
     if ruleset is None:
@@ -180,6 +187,9 @@ def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None
         print(f"pruned: {line}", file=out)
     for note in report.notes:
         print(f"note: {note}", file=err)
+    if report.ok and not report.partitions and not report.open_segments:
+        print(f"note: nothing is archived at {_location(settings)}: check the data directory "
+              "or the bucket and prefix", file=err)
     summary = (f"{report.partitions} partitions, {report.entries} chain entries, "
                f"{report.segments} segments ({report.events} events) hashed"
                f"{' and decoded' if deep else ''}"
@@ -434,8 +444,8 @@ def _guarded(run: Any) -> Any:
             print(f"llmtrail: archive error: {exc}", file=sys.stderr)
             return EXIT_PROBLEMS
         except (BotoCoreError, ClientError) as exc:  # the messages name no credentials
-            print(f"llmtrail: cannot use the archive at s3://{settings.archive_s3_bucket}/"
-                  f"{settings.archive_s3_prefix}: {exc}", file=sys.stderr)
+            print(f"llmtrail: cannot use the archive at {_location(settings)}: {exc}",
+                  file=sys.stderr)
             return EXIT_USAGE
         except BrokenPipeError:  # `archive cat | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error

@@ -132,3 +132,11 @@ def test_storage_errors_are_a_message_without_credentials(
     err = capsys.readouterr().err
     assert err.startswith(message.format(bucket=s3_settings.archive_s3_bucket)), err
     assert S3_SECRET not in err and S3_KEY_ID not in err
+
+
+def test_verify_of_an_empty_prefix_says_nothing_is_there(s3_settings: Settings) -> None:
+    err = io.StringIO()
+    settings = s3_settings.replace(archive_s3_prefix="typo")
+    assert verify_command(settings, from_ms=None, to_ms=None, out=io.StringIO(), err=err) == 0
+    assert err.getvalue() == (f"note: nothing is archived at s3://{settings.archive_s3_bucket}"
+                              "/typo: check the data directory or the bucket and prefix\n")

@@ -322,7 +322,13 @@ def test_an_existing_empty_archive_directory_is_verified(tmp_path: Path,
                                                          ) -> None:
     (tmp_path / "archive").mkdir()
     assert _handle(Settings.from_env({}, data_dir=tmp_path), "archive", "verify") == 0
-    assert capsys.readouterr().out.startswith("OK: 0 partitions")
+    out, err = capsys.readouterr()
+    assert out.startswith("OK: 0 partitions")
+    assert err == (f"note: nothing is archived at {tmp_path / 'archive'}: check the data "
+                   "directory or the bucket and prefix\n")
+    fill(Settings.from_env({}, data_dir=tmp_path), EVENTS[:2])
+    assert _handle(Settings.from_env({}, data_dir=tmp_path), "archive", "verify") == 0
+    assert "nothing is archived" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [("cat",), ("query", "SELECT raw FROM events",
