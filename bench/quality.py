@@ -18,10 +18,13 @@ What it measures
    label's own "detected" rate (see LABELS below).
 2. Synthetic secrets and PII, generated here with a seeded RNG: real token
    formats with random bodies, Luhn-valid and -invalid cards, valid and
-   invalid IBANs, SSNs, phone numbers, e-mail and IP addresses, plus
+   invalid IBANs, SSNs, phone numbers, e-mail and IP addresses, national
+   ids (passport MRZ, DNI/NIE, BSN, NIR, CPF, Aadhaar, Steuer-ID) whose check
+   digits are computed here, independently of detectors/validators.py, plus
    look-alikes (placeholders, documentation keys, low-entropy strings,
-   public certificates, version numbers). Recall per kind, false-positive
-   rate per look-alike kind.
+   public certificates, version numbers, id-shaped digit runs, ids with a
+   wrong check value). Recall per kind, false-positive rate per look-alike
+   kind, and up to three missed (or wrongly fired) texts under each row.
 3. The rules that fire most on benign labels, to tune them.
 4. With ``--ml``: the ML classifier (detectors/ml.py) alone, the rules alone
    (findings in categories prompt_injection or jailbreak) and their OR, on the
@@ -398,6 +401,214 @@ DOMAINS = [
     "fastmail.fm",
 ]
 
+
+# National identifiers. The check digits are computed here from the published
+# algorithms, on purpose not with detectors/validators.py: a validator that
+# is wrong then shows up as lost recall, or as hits on the bad-check
+# look-alikes. `valid=False` gives the same number with a wrong check value.
+
+
+def _other_digit(rng: random.Random, right: str) -> str:
+    return str((int(right) + rng.randint(1, 9)) % 10)
+
+
+def mrz_check(chars: str) -> str:
+    """ICAO 9303: 0-9 as themselves, A-Z as 10-35, '<' as 0; weights 7, 3, 1; mod 10."""
+    total = sum((0 if ch == "<" else int(ch, 36)) * (7, 3, 1)[i % 3] for i, ch in enumerate(chars))
+    return str(total % 10)
+
+
+MRZ_STATES = ["D<<", "NLD", "FRA", "GBR", "ESP", "ITA", "IND", "BRA", "USA", "POL"]
+
+
+def mrz_td3_line2(rng: random.Random, valid: bool = True) -> str:
+    """Line 2 of a passport MRZ (TD3, 44 characters) with all five check digits."""
+    doc = rstr(rng, string.ascii_uppercase + string.digits, rng.choice([8, 9])).ljust(9, "<")
+    birth = f"{rng.randint(0, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+    expiry = f"{rng.randint(26, 36):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+    if rng.random() < 0.5:
+        personal = "<" * 14
+        personal_check = rng.choice("<0")  # an unused field's check digit is '<' or 0
+    else:
+        personal = rstr(rng, string.digits, rng.randint(8, 14)).ljust(14, "<")
+        personal_check = mrz_check(personal)
+    line = (
+        doc
+        + mrz_check(doc)
+        + rng.choice(MRZ_STATES)
+        + birth
+        + mrz_check(birth)
+        + rng.choice("MF<")
+        + expiry
+        + mrz_check(expiry)
+        + personal
+        + personal_check
+    )
+    # composite: document number, birth date, expiry and personal number, each with its check
+    line += mrz_check(line[0:10] + line[13:20] + line[21:43])
+    if not valid:
+        pos = rng.choice([9, 19, 27, 43])  # document, birth, expiry or composite check digit
+        line = line[:pos] + _other_digit(rng, line[pos]) + line[pos + 1 :]
+    return line
+
+
+def mrz_td3_line1(rng: random.Random) -> str:
+    name = f"{rng.choice(LAST).upper()}<<{rng.choice(FIRST).upper()}"
+    return f"P<{rng.choice(MRZ_STATES)}{name}".ljust(44, "<")
+
+
+DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"  # control letter of a DNI/NIE number: index = number mod 23
+
+
+def es_dni_nie(rng: random.Random, nie: bool, valid: bool = True) -> str:
+    """Spanish DNI (8 digits) or NIE (X/Y/Z for 0/1/2, then 7 digits) with its control letter."""
+    if nie:
+        prefix = rng.choice("XYZ")
+        digits = rstr(rng, string.digits, 7)
+        number = int(str("XYZ".index(prefix)) + digits)
+    else:
+        number = rng.randint(1_000_000, 99_999_999)
+        while number == 12_345_678:  # the textbook number, excluded by the rule on purpose
+            number = rng.randint(1_000_000, 99_999_999)
+        digits = f"{number:08d}"
+    letter = DNI_LETTERS[number % 23]
+    if not valid:
+        letter = rng.choice(DNI_LETTERS.replace(letter, ""))
+    if nie:
+        return rng.choice(
+            [
+                f"{prefix}{digits}{letter}",
+                f"{prefix}-{digits}-{letter}",
+                f"{prefix}{digits}-{letter}",
+                f"{prefix}-{digits} {letter}",
+            ]
+        )
+    return rng.choice(
+        [
+            f"{digits}{letter}",
+            f"{digits}-{letter}",
+            f"{digits} {letter}",
+            f"{digits[:2]}.{digits[2:5]}.{digits[5:]}-{letter}",
+        ]
+    )
+
+
+def nl_bsn(rng: random.Random, valid: bool = True) -> str:
+    """Dutch BSN: 9 digits, sum of digit x weight (9..2, then -1 for the last) divisible by 11."""
+    while True:
+        head = rstr(rng, string.digits, 8)
+        last = sum(int(d) * w for d, w in zip(head, range(9, 1, -1), strict=True)) % 11
+        if last < 10:
+            break
+    bsn = head + (str(last) if valid else _other_digit(rng, str(last)))
+    return rng.choice([bsn, f"{bsn[:4]}.{bsn[4:6]}.{bsn[6:]}", f"{bsn[:3]} {bsn[3:6]} {bsn[6:]}"])
+
+
+def fr_nir(rng: random.Random, spaced: bool, valid: bool = True) -> str:
+    """French NIR: 13 characters then key = 97 - (number mod 97), Corsica 2A/2B as 19/18."""
+    place = rng.choice(
+        [
+            f"{rng.choice([d for d in range(1, 96) if d != 20]):02d}{rng.randint(1, 990):03d}",
+            f"2{rng.choice('AB')}{rng.randint(1, 366):03d}",  # Corsica
+            f"97{rng.randint(1, 6)}{rng.randint(1, 99):02d}",  # overseas: 3-digit department
+            f"99{rng.randint(100, 990)}",  # born abroad: 99 + country code
+        ]
+    )
+    body = (
+        f"{rng.choice('12')}{rng.randint(0, 99):02d}{rng.randint(1, 12):02d}"
+        f"{place}{rng.randint(1, 999):03d}"
+    )
+    key = 97 - int(body.replace("2A", "19").replace("2B", "18")) % 97
+    if not valid:
+        key = (key - 1 + rng.randint(1, 96)) % 97 + 1
+    if not spaced:
+        return f"{body}{key:02d}"
+    b = body
+    return f"{b[0]} {b[1:3]} {b[3:5]} {b[5:7]} {b[7:10]} {b[10:13]} {key:02d}"
+
+
+def cpf_check(base: str) -> str:
+    """The two CPF check digits: weights 10..2 then 11..2, remainder < 2 gives 0, else 11 - r."""
+    for _ in range(2):
+        r = sum(int(d) * w for d, w in zip(base, range(len(base) + 1, 1, -1), strict=True)) % 11
+        base += "0" if r < 2 else str(11 - r)
+    return base[-2:]
+
+
+def br_cpf(rng: random.Random, formatted: bool, valid: bool = True) -> str:
+    base = rstr(rng, string.digits, 9)
+    while len(set(base)) == 1:  # 111.111.111-11 and kin are not issued
+        base = rstr(rng, string.digits, 9)
+    check = cpf_check(base)
+    if not valid:
+        check = rng.choice([f"{i:02d}" for i in range(100) if f"{i:02d}" != check])
+    if not formatted:
+        return base + check
+    return f"{base[:3]}.{base[3:6]}.{base[6:]}-{check}"
+
+
+# Verhoeff: multiplication in the dihedral group D5 (0-4 rotations, 5-9
+# reflections), the permutation (0 1 5 8 9 4 2 7)(3 6) applied i times to the
+# i-th digit from the right, and the group inverse.
+def _d5(j: int, k: int) -> int:
+    if j < 5:
+        return (j + k) % 5 + (5 if k >= 5 else 0)
+    return (j - k) % 5 + (0 if k >= 5 else 5)
+
+
+VERHOEFF_P1 = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
+VERHOEFF_INV = (0, 4, 3, 2, 1, 5, 6, 7, 8, 9)
+
+
+def _verhoeff_perm(times: int, digit: int) -> int:
+    for _ in range(times % 8):
+        digit = VERHOEFF_P1[digit]
+    return digit
+
+
+def verhoeff_check(digits: str) -> str:
+    c = 0
+    for i, ch in enumerate(reversed(digits)):
+        c = _d5(c, _verhoeff_perm(i + 1, int(ch)))
+    return str(VERHOEFF_INV[c])
+
+
+def in_aadhaar(rng: random.Random, grouped: bool, valid: bool = True) -> str:
+    """Indian Aadhaar: 12 digits, the first 2-9, the last a Verhoeff check digit."""
+    head = str(rng.randint(2, 9)) + rstr(rng, string.digits, 10)
+    check = verhoeff_check(head)
+    num = head + (check if valid else _other_digit(rng, check))
+    if not grouped:
+        return num
+    return rng.choice(" -").join([num[:4], num[4:8], num[8:]])
+
+
+def steuer_id_check(digits: str) -> str:
+    """ISO 7064 MOD 11,10 check digit."""
+    product = 10
+    for ch in digits:
+        s = (int(ch) + product) % 10 or 10
+        product = s * 2 % 11
+    return str((11 - product) % 10)
+
+
+def de_steuer_id(rng: random.Random, valid: bool = True) -> str:
+    """German IdNr: 11 digits, no leading 0; in the first ten one digit occurs twice or three
+    times (three not all adjacent), the others at most once; ISO 7064 MOD 11,10 check digit."""
+    while True:
+        twin = rng.randint(0, 9)
+        times = rng.choice([2, 3])
+        others = rng.sample([d for d in range(10) if d != twin], 10 - times)
+        head = [twin] * times + others
+        rng.shuffle(head)
+        text = "".join(map(str, head))
+        if head[0] != 0 and str(twin) * 3 not in text:
+            break
+    check = steuer_id_check(text)
+    num = text + (check if valid else _other_digit(rng, check))
+    return rng.choice([num, f"{num[:2]} {num[2:5]} {num[5:8]} {num[8:]}"])
+
+
 # Secret kinds: name -> generator of (text, kind of event)
 Gen = Callable[[random.Random], str]
 
@@ -630,6 +841,19 @@ def pii_generators() -> dict[str, Gen]:
         "phone": phone,
         "ipv4": ipv4,
         "ipv6": ipv6,
+        "passport_mrz": lambda r: (
+            f"{mrz_td3_line1(r)}\n{mrz_td3_line2(r)}" if r.random() < 0.5 else mrz_td3_line2(r)
+        ),
+        "es_dni": lambda r: es_dni_nie(r, nie=False),
+        "es_nie": lambda r: es_dni_nie(r, nie=True),
+        "nl_bsn": nl_bsn,
+        "fr_nir_spaced": lambda r: fr_nir(r, spaced=True),
+        "fr_nir_bare": lambda r: fr_nir(r, spaced=False),
+        "br_cpf_formatted": lambda r: br_cpf(r, formatted=True),
+        "br_cpf_bare": lambda r: br_cpf(r, formatted=False),
+        "in_aadhaar_grouped": lambda r: in_aadhaar(r, grouped=True),
+        "in_aadhaar_bare": lambda r: in_aadhaar(r, grouped=False),
+        "de_steuer_id": de_steuer_id,
     }
 
 
@@ -678,7 +902,113 @@ PII_WRAP = {
         "X-Forwarded-For: {x}",
     ],
     "ipv6": ["source address {x}", "client ip={x}", "[{x}]:443"],
+    # national ids: the forms that count on their own also appear bare; the
+    # others only next to the context word their rule requires
+    "passport_mrz": [
+        "Passport scan (OCR):\n{x}",
+        "MRZ: {x}",
+        "{x}",
+        "Here is the photo page text, can you read the expiry date?\n{x}\nthanks",
+        '{{"document": "passport", "mrz": "{x}"}}',
+    ],
+    "es_dni": [
+        "Mi DNI es {x}, a nombre de Lucía.",
+        "DNI: {x}",
+        "{x}",
+        "Documento nacional de identidad {x}",
+        '{{"dni": "{x}", "nombre": "Ana"}}',
+        "The tenant's ID number is {x}.",
+    ],
+    "es_nie": [
+        "NIE: {x}",
+        "Mi número de identidad de extranjero es {x}",
+        "{x}",
+        '{{"nie": "{x}"}}',
+        "Residence card holder {x}",
+    ],
+    "nl_bsn": [
+        "Mijn BSN is {x}, kunt u dat controleren?",
+        "BSN: {x}",
+        "burgerservicenummer {x}",
+        "{x} (BSN van de aanvrager)",
+        '{{"bsn": "{x}", "naam": "J. de Vries"}}',
+        "citizen service number: {x}",
+        "sofinummer {x}",
+    ],
+    "fr_nir_spaced": [
+        "Numéro de sécurité sociale : {x}",
+        "N° SS {x}",
+        "{x}",
+        "The patient's carte Vitale number is {x}.",
+        '{{"nir": "{x}"}}',
+    ],
+    "fr_nir_bare": [
+        "NIR {x} (salarié)",
+        "numéro de sécurité sociale: {x}",
+        "carte Vitale n° {x}",
+        "{x} (numéro INSEE)",
+        '{{"nir": "{x}"}}',
+        "social security number {x}",
+    ],
+    "br_cpf_formatted": [
+        "Meu CPF é {x}.",
+        "CPF: {x}",
+        "{x}",
+        "Titular: João Silva, {x}",
+        '{{"cpf": "{x}", "nome": "Maria"}}',
+    ],
+    "br_cpf_bare": [
+        "cpf={x}&nome=joao",
+        "Meu CPF é {x}",
+        "CPF {x}",
+        "{x} (CPF do titular)",
+        '{{"cpf": "{x}"}}',
+    ],
+    "in_aadhaar_grouped": [
+        "My Aadhaar is {x}, please update KYC.",
+        "Aadhaar no. {x}",
+        "{x}",
+        "Customer ID proof: {x}",
+        "UIDAI number {x}",
+    ],
+    "in_aadhaar_bare": [
+        '{{"aadhaar": "{x}", "name": "R. Iyer"}}',
+        "Aadhaar: {x}",
+        "aadhar number {x}",
+        "{x} is my Aadhaar",
+        "UIDAI {x}",
+    ],
+    "de_steuer_id": [
+        "Meine Steuer-ID lautet {x}.",
+        "Steueridentifikationsnummer (IdNr): {x}",
+        "steuerliche Identifikationsnummer {x}",
+        "IdNr. {x}",
+        "{x} (Steuer-ID)",
+        "tax id: {x}",
+        '{{"steuerId": "{x}"}}',
+    ],
 }
+
+# a national id with a wrong check value, in the wrapping of its valid kind
+NATIONAL_ID_BAD_CHECK: dict[str, Gen] = {
+    "passport_mrz": lambda r: mrz_td3_line2(r, valid=False),
+    "es_dni": lambda r: es_dni_nie(r, nie=False, valid=False),
+    "es_nie": lambda r: es_dni_nie(r, nie=True, valid=False),
+    "nl_bsn": lambda r: nl_bsn(r, valid=False),
+    "fr_nir_spaced": lambda r: fr_nir(r, spaced=True, valid=False),
+    "fr_nir_bare": lambda r: fr_nir(r, spaced=False, valid=False),
+    "br_cpf_bare": lambda r: br_cpf(r, formatted=False, valid=False),
+    "in_aadhaar_grouped": lambda r: in_aadhaar(r, grouped=True, valid=False),
+    "in_aadhaar_bare": lambda r: in_aadhaar(r, grouped=False, valid=False),
+    "de_steuer_id": lambda r: de_steuer_id(r, valid=False),
+}
+
+NEUTRAL_LABELS = ["ref", "order no.", "batch", "tracking number", "invoice", "room", "ticket #"]
+
+
+def _national_id_bad_check(r: random.Random) -> str:
+    kind = r.choice(sorted(NATIONAL_ID_BAD_CHECK))
+    return r.choice(PII_WRAP[kind]).format(x=NATIONAL_ID_BAD_CHECK[kind](r))
 
 
 def pii_lookalike_generators() -> dict[str, Gen]:
@@ -740,6 +1070,20 @@ def pii_lookalike_generators() -> dict[str, Gen]:
         "amount_and_percent": lambda r: (
             f"+{r.randint(1, 99)}.{r.randint(0, 9)}% growth, revenue {r.randint(1000, 99999)} EUR"
         ),
+        # national-id shapes without the id: some pass a checksum by chance
+        # (4-4-4 digits 1 in 10 Verhoeff, 8 digits + letter 1 in 26 the DNI letter)
+        "digits_4_4_4": lambda r: (
+            f"{r.choice(NEUTRAL_LABELS)} "
+            + r.choice(" -").join(rstr(r, string.digits, 4) for _ in range(3))
+        ),
+        "digits8_capital_letter": lambda r: (
+            f"{r.choice(NEUTRAL_LABELS)} {rstr(r, string.digits, 8)}{r.choice(string.ascii_uppercase)}"
+        ),
+        "cpf_shaped_bad_check": lambda r: f"{r.choice(NEUTRAL_LABELS)} {br_cpf(r, True, False)}",
+        "bare_digits_9_11_12_15": lambda r: (
+            f"{r.choice(NEUTRAL_LABELS)} {rstr(r, string.digits, r.choice([9, 11, 12, 15]))}"
+        ),
+        "national_id_bad_check": _national_id_bad_check,
     }
 
 
@@ -765,6 +1109,7 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
         for kind, gen in gens.items():
             hits = {"prompt": 0, "response": 0}
             rules: Counter[str] = Counter()
+            wrong: list[str] = []  # misses of a positive kind, hits of a look-alike
             for i in range(per_kind):
                 value = gen(rng)
                 text = wrap(kind, value, rng)
@@ -773,6 +1118,8 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
                     ids = fired(mk(n, text), category)
                     rules.update(ids)
                     hits[k] += bool(ids)
+                    if bool(ids) != positive and len(wrong) < 3:
+                        wrong.append(f"{k}: {text!r} {sorted(ids) or ''}")
                 del i
             tot_hit += hits["prompt"] + hits["response"]
             tot += 2 * per_kind
@@ -780,6 +1127,8 @@ def run_synthetic(engine: Engine, seed: int, per_kind: int) -> dict[str, float]:
             print(
                 f"{kind:26} {per_kind:5d} {hits['prompt'] / per_kind:7.3f} {hits['response'] / per_kind:7.3f}  {top}"
             )
+            for example in wrong:
+                print(f"{'':8}{'missed' if positive else 'fired'} {example[:200]}")
         rate = tot_hit / tot if tot else 0.0
         print(f"{'ALL':26} {tot // 2:5d} {'recall' if positive else 'FP rate'} = {rate:.4f}")
         return tot_hit, tot
