@@ -23,17 +23,19 @@ EXIT_ARCHIVE_FAILED = 75
 
 def wait_for_s3(settings: Settings, count: int, timeout: float, *,
                 settle: float = 15.0) -> list[ArchivedRecord]:
-    """Poll the bucket until ``count`` events are archived, or ``timeout``, or (after the
-    first ``settle`` s) nothing new arrived for ``settle`` s; return the last read."""
-    start = changed = time.monotonic()
-    records: list[ArchivedRecord] = []
-    while time.monotonic() < start + timeout:
+    """Poll the bucket until ``count`` events are archived, or ``timeout``, or nothing new
+    arrived for ``settle`` s after something new did (a worker still starting under load has not
+    stalled yet); return the last read."""
+    start = time.monotonic()
+    records = list(open_reader(settings).iter())
+    baseline, changed = len(records), start
+    while len(records) < count and time.monotonic() < start + timeout:
+        time.sleep(0.5)
         latest = list(open_reader(settings).iter())
         if len(latest) != len(records):
             records, changed = latest, time.monotonic()
-        if len(records) >= count or time.monotonic() - max(changed, start) >= settle:
+        if len(records) > baseline and time.monotonic() - changed >= settle:
             break
-        time.sleep(0.5)
     return records
 
 
@@ -63,7 +65,9 @@ def test_sigkill_mid_stream_with_s3_loses_and_duplicates_nothing(
     values = [r.value for r in records]
     assert len(values) == len(set(values)), "archived twice"
     assert set(values) <= set(events)
-    assert len(values) == len(events), f"{len(events) - len(values)} events not archived"
+    assert len(values) == len(events), (f"{len(events) - len(values)} events not archived "
+                                        f"(killed at {killed_at}); the restarted worker said:\n"
+                                        + "\n".join(restarted.lines[-40:]))
 
 
 class Outage:
@@ -127,4 +131,6 @@ def test_s3_outage_stops_the_worker_without_acknowledging(settings: Settings,
     values = [r.value for r in records]
     assert len(values) == len(set(values)), "archived twice"
     assert set(events[:150]) <= set(values) <= set(events)
-    assert len(values) == len(events), f"{len(events) - len(values)} events not archived"
+    assert len(values) == len(events), (f"{len(events) - len(values)} events not archived; "
+                                        "the restarted worker said:\n"
+                                        + "\n".join(restarted.lines[-40:]))
