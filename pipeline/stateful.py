@@ -54,9 +54,13 @@ log = logging.getLogger("llmtrail.stateful")
 TABLE = "stateful"
 FENCE = "\x00fence"
 # Expired states are dropped once a partition's event time has moved this far since the last
-# sweep, and only when they expired this long before its newest event (late events' margin).
+# sweep, and only when they expired this long before its newest event. The margin is for late
+# events: a partition's newest event time comes from whichever worker and event partition is
+# furthest ahead, so events of the others can arrive hours behind it (a backlog replayed by
+# two workers, a lagging producer); with one hour, a campaign's or a window's state was dropped
+# between the records of two workers and the rule never fired.
 SWEEP_EVERY = 3600.0
-EXPIRY_GRACE = 3600.0
+EXPIRY_GRACE = 24 * 3600.0
 Signature = Callable[[Sequence[Path]], Any]
 
 

@@ -116,11 +116,19 @@ def scenarios() -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
         ev.response(i * 60, REFUSAL, trace="t-noisy", user="u-noisy")
     ev.response(7200, REFUSAL, trace="t-noisy", user="u-noisy")
     ev.prompt(0, INJECTION, trace="t-quiet", user="u-quiet")  # suppressed for this user
+    # volume: five prompts an hour for a day, then forty in twenty minutes / a new user's forty.
+    # One trace each, so a key's events reach its state in event order with two workers too.
+    for i in range(120):
+        ev.prompt(i * 720 - 24 * 3600, "Summarise this ticket.", trace="t-vol", user="u-vol")
+    for i in range(40):
+        ev.prompt(i * 30, "Summarise this ticket.", trace="t-vol", user="u-vol")
+        ev.prompt(i * 30, "Summarise this ticket.", trace="t-new", user="u-new")
     expected = {
         ("st-injection-burst", "u-burst"), ("st-tool-endpoint-sweep", "u-sweep"),
         ("st-agent-hijack", "t-hijack"), ("st-refusal-probing", "s-probe"),
         ("st-secret-exfiltration", "t-exfil"), ("st-injection-campaign", "*"),
         ("st-off-hours", "u-night"), ("st-new-geo", "u-day"), ("st-model-latency-p95", "m-slow"),
+        ("st-user-volume-spike", "u-vol"),
     }
     return ev.items, expected
 
@@ -167,12 +175,13 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
         publish(settings, events)
         records = read_topics(settings, [settings.alerts_topic], timeout=90, settle=3.0,
                               done=lambda got: expected <= fired(stateful_alerts(got)))
-        # five hours later, in every state partition: idle states are expired from the table
+        # a day and two hours after the last scenario event (u-night's, 17 h in), in every
+        # state partition: idle states are expired from the table
         later = Events()
         for target in range(settings.partitions):
             user = next(u for u in (f"u-tick{i}" for i in range(100))
                         if partition_of("st-user-volume-spike", u, settings.partitions) == target)
-            later.prompt(5 * 3600, "hello", trace=f"t-tick{target}", user=user)
+            later.prompt(43 * 3600, "hello", trace=f"t-tick{target}", user=user)
         publish(settings, [e | {"event_id": f"tick-{e['event_id']}"} for e in later.items])
         idle = b'"st-injection-burst\\u001fu-slow"'
         changelog = read_topics(settings, [f"{settings.app_id}-stateful-changelog"],
@@ -197,6 +206,8 @@ def test_each_rule_fires_on_its_scenario_and_not_on_its_near_miss(
         f"u-camp{i}" for i in range(5)]
     assert len(by_rule["st-injection-burst"]["correlation"]["events"]) == 5
     assert by_rule["st-off-hours"]["user"]["role"] == "analyst"
+    # the day of history counted (5 an hour; a batch replayed at a rebalance may add a little)
+    assert 4.5 <= by_rule["st-user-volume-spike"]["correlation"]["baseline"] < 10
     # hygiene: the first refusal alert goes out, two are folded into a roll-up, then a new one
     noisy = sorted(a["count"] for a in alerts
                    if a["rule_id"] == "rf-model-refusal" and a["user"]["id"] == "u-noisy")
