@@ -240,8 +240,7 @@ class _Program:
             if self.classifier is not None:
                 asks.extend((index, item) for item in _ml_fields(fields))
         if asks and self.classifier is not None:
-            answers = self.classifier.findings_many([field for _, field in asks])
-            for (index, (path, _)), found in zip(asks, answers, strict=True):
+            for index, path, found in _classify(self.classifier, asks):
                 results[index] = _with_ml(results[index], path, found)
         return results
 
@@ -254,8 +253,16 @@ class _Program:
             return [], []
         fields = self._fields(event, plan)
         triggered = set(plan.always)
+        # Fields often repeat a text (prompt.text and the last message's content):
+        # normalise and pre-scan each distinct text once.
+        prepared: dict[str, _Field] = {}
         for item in fields:
-            triggered |= self._prepare(item, plan)
+            twin = prepared.get(item.text)
+            if twin is None:
+                prepared[item.text] = item
+                triggered |= self._prepare(item, plan)
+            else:
+                item.norm, item.scans, item.candidates = twin.norm, twin.scans, twin.candidates
         if not triggered:
             return [], fields
         evaluation = _Evaluation(self, event, fields)
@@ -314,6 +321,21 @@ def _ml_fields(fields: Sequence[_Field]) -> list[tuple[str, Normalised]]:
     ]
 
 
+def _classify(
+    classifier: Classifier, asks: Sequence[tuple[int, tuple[str, Normalised]]]
+) -> Iterator[tuple[int, str, list[Finding]]]:
+    """(event index, path, classifier findings) per ask; a text shared by fields is scored once."""
+    unique: dict[int, tuple[str, Normalised]] = {}
+    for _, (path, norm) in asks:
+        unique.setdefault(id(norm), (path, norm))
+    answers = dict(zip(unique, classifier.findings_many(list(unique.values())), strict=True))
+    for index, (path, norm) in asks:
+        found = answers[id(norm)]
+        if unique[id(norm)][0] != path:
+            found = [replace(f, field=path) for f in found]
+        yield index, path, found
+
+
 def _with_ml(findings: list[Finding], path: str, ml: list[Finding]) -> list[Finding]:
     """Fold the classifier's findings on one field into the rule findings of its event."""
     if not ml:
@@ -349,6 +371,8 @@ class _Evaluation:
         self.timeout = program.options.regex_timeout
         self.selected: dict[int, list[tuple[int, _Field]]] = {}
         self.scanned: dict[int, bytes | None] = {}  # id(view) -> what a prefilter scans
+        # (pattern, leaf, view) -> accepted matches; fields sharing a text share its views
+        self.matched: dict[tuple[int, int, int], list[tuple[int, int, str]]] = {}
 
     def node(self, node: Node) -> list[Hit] | None:
         if isinstance(node, AnyOf):
@@ -422,9 +446,14 @@ class _Evaluation:
                     if pattern_id not in candidates:
                         continue
                     for view in source.regex_views:
-                        if not self._may_match(pattern, view):
-                            continue
-                        found = self._matches(pattern, pattern_id, leaf, scan, view)
+                        key = (pattern_id, id(leaf), id(view))
+                        found = self.matched.get(key)
+                        if found is None:
+                            found = self.matched[key] = (
+                                self._matches(pattern, pattern_id, leaf, scan, view)
+                                if self._may_match(pattern, view)
+                                else []
+                            )
                         for start, end, value in found:
                             span = view.map.span(start, end)
                             if (index, *span) in seen:
