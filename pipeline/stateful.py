@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ FENCE = "\x00fence"
 # between the records of two workers and the rule never fired.
 SWEEP_EVERY = 3600.0
 EXPIRY_GRACE = 24 * 3600.0
+# How far ahead of this worker's clock an event time may move a partition's watermark.
+CLOCK_MARGIN = 300.0
 Signature = Callable[[Sequence[Path]], Any]
 
 
@@ -242,7 +245,7 @@ class StatefulStage:
             items += more_items
         return self.detector.apply(observations, items, TableStore(self.table, partition),
                                    scope=str(partition), context=self.users.get,
-                                   detected_at=utc_now())
+                                   detected_at=utc_now(), not_after=time.time() + CLOCK_MARGIN)
 
     def _sweep(self, partition: int) -> int:
         """Drop the partition's expired states (tombstones in the changelog) when its event

@@ -207,10 +207,14 @@ class StatefulDetector:
         scope: str,
         context: UserContext,
         detected_at: str,
+        not_after: float | None = None,
     ) -> list[dict[str, Any]]:
         """Fold one batch of a scope into its state; return the alerts to send.
 
-        Each (rule, key) state is read and written at most once per call.
+        Each (rule, key) state is read and written at most once per call. The scope's
+        event-time watermark never moves past ``not_after`` (the worker passes its clock
+        plus a margin): one event stamped years ahead would otherwise close every dedup
+        TTL of the partition from then on and expire all of its windowed state.
         """
         states = BatchState(store, scope)
         groups: dict[tuple[str, str], list[Observation]] = {}
@@ -238,6 +242,8 @@ class StatefulDetector:
             out += hygiene.admit(alert, rule_id=rule_id, key=key, ts=ts, dedup=dedup,
                                  rate_limit=rate_limit, states=states, scope=scope)
         latest = max([o.ts for o in observations] + [p.ts for p in pattern_alerts], default=None)
+        if latest is not None and not_after is not None:
+            latest = min(latest, not_after)
         if latest is not None:
             wkey = hygiene.watermark_key(scope)
             watermark = max(latest, states.get(wkey) or latest)

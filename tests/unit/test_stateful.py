@@ -423,6 +423,26 @@ def test_dedup_rollup_by_watermark(tmp_path: Path) -> None:
     assert detector.pattern_alert({"rule_id": "pi-x", "ts": "2026-01-05T09:00:00Z"}) is None
 
 
+@pytest.mark.parametrize(("not_after", "sent"), [(START + 300, []), (None, [1])])
+def test_an_event_from_the_future_does_not_move_the_watermark_past_the_clock(
+    tmp_path: Path, not_after: float | None, sent: list[int]
+) -> None:
+    """One alert stamped ten years ahead: with the worker's clock as the bound the open dedup
+    TTL stays open and the next duplicate is folded; unbounded, the TTL closes at once."""
+    detector = StatefulDetector(hygiene_rules(tmp_path, "{rules: [rf-*], by: user.id, dedup: 1h}"))
+    store = MemoryStore()
+    admit(detector, store, [0])
+    ahead = detector.pattern_alert(refusal_alert(10 * 365 * 86400, user="u-2"))
+    assert ahead is not None
+    detector.apply([], [ahead], store, scope="0", context=no_context, detected_at="",
+                   not_after=not_after)
+    again = detector.pattern_alert(refusal_alert(60))
+    assert again is not None
+    out = detector.apply([], [again], store, scope="0", context=no_context, detected_at="",
+                         not_after=not_after)
+    assert [a["count"] for a in out] == sent
+
+
 def test_rate_limit_drops_and_reports(tmp_path: Path) -> None:
     policy = "{rules: [rf-x], by: user.id, rate_limit: {max: 2, per: 1h}}"
     detector = StatefulDetector(hygiene_rules(tmp_path, policy))
