@@ -240,8 +240,8 @@ class _Program:
             if self.classifier is not None:
                 asks.extend((index, item) for item in _ml_fields(fields))
         if asks and self.classifier is not None:
-            for index, path, found in _classify(self.classifier, asks):
-                results[index] = _with_ml(results[index], path, found)
+            for index, paths, found in _classify(self.classifier, asks):
+                results[index] = _with_ml(results[index], paths, found)
         return results
 
     def _scan(self, event: Mapping[str, Any], salt: bytes) -> tuple[list[Finding], list[_Field]]:
@@ -323,27 +323,32 @@ def _ml_fields(fields: Sequence[_Field]) -> list[tuple[str, Normalised]]:
 
 def _classify(
     classifier: Classifier, asks: Sequence[tuple[int, tuple[str, Normalised]]]
-) -> Iterator[tuple[int, str, list[Finding]]]:
-    """(event index, path, classifier findings) per ask; a text shared by fields is scored once."""
-    unique: dict[int, tuple[str, Normalised]] = {}
-    for _, (path, norm) in asks:
-        unique.setdefault(id(norm), (path, norm))
-    answers = dict(zip(unique, classifier.findings_many(list(unique.values())), strict=True))
+) -> Iterator[tuple[int, tuple[str, ...], list[Finding]]]:
+    """(event index, paths, classifier findings) per distinct text of an event, scored once.
+
+    Fields of one event with the same text share its normalisation (see
+    ``_scan``), so they get one verdict, reported on the first of them.
+    """
+    groups: dict[int, tuple[int, list[str], Normalised]] = {}
     for index, (path, norm) in asks:
-        found = answers[id(norm)]
-        if unique[id(norm)][0] != path:
-            found = [replace(f, field=path) for f in found]
-        yield index, path, found
+        group = groups.get(id(norm))
+        if group is None:
+            groups[id(norm)] = (index, [path], norm)
+        else:
+            group[1].append(path)
+    answers = classifier.findings_many([(paths[0], norm) for _, paths, norm in groups.values()])
+    for (index, paths, _), found in zip(groups.values(), answers, strict=True):
+        yield index, tuple(paths), found
 
 
-def _with_ml(findings: list[Finding], path: str, ml: list[Finding]) -> list[Finding]:
-    """Fold the classifier's findings on one field into the rule findings of its event."""
+def _with_ml(findings: list[Finding], paths: tuple[str, ...], ml: list[Finding]) -> list[Finding]:
+    """Fold the classifier's findings on one text (held by ``paths``) into the event's findings."""
     if not ml:
         return findings
-    agreeing = [f for f in findings if f.field == path and f.category in ML_CATEGORIES]
+    agreeing = [f for f in findings if f.field in paths and f.category in ML_CATEGORIES]
     if agreeing:
         return [_escalated(f) if f in agreeing else f for f in findings]
-    policy = _alone_policy(path)
+    policy = _alone_policy(paths[0])
     if policy is None:
         return findings
     alone = [

@@ -86,6 +86,25 @@ def test_agreement_raises_a_rule_finding_one_step(engines: tuple[Engine, Engine]
     assert any(ML_AGREES in f.tags for f in after.values()) is escalated
 
 
+@pytest.mark.parametrize(("text", "rule_ids"), [
+    (NO_LIMITS, {"ml-jailbreak"}),  # alone: one finding, on the first field
+    (OVERRIDE, None),  # agreement: the rule findings, escalated, and nothing more
+])
+def test_a_text_in_two_fields_gets_one_verdict(engines: tuple[Engine, Engine], text: str,
+                                               rule_ids: set[str] | None) -> None:
+    plain, with_ml = engines
+    event = prompt(text)
+    event["prompt"]["messages"] = [{"role": "user", "content": text}]
+    found = with_ml.scan(event)
+    ids = [f.rule_id for f in found]
+    assert len(ids) == len(set(ids)), ids
+    assert set(ids) == (rule_ids or {f.rule_id for f in plain.scan(event)})
+    if rule_ids is not None:
+        assert [f.field for f in found] == ["prompt.text"]
+    else:
+        assert any(ML_AGREES in f.tags for f in found)
+
+
 def test_batch_scores_like_single_events(engines: tuple[Engine, Engine]) -> None:
     _, with_ml = engines
     events = [prompt(OVERRIDE), tool_result(HIDDEN_ORDER), prompt("What is the refund policy?"),
