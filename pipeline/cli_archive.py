@@ -8,7 +8,6 @@ name (local directory or S3). Handlers take ``(args, settings)`` and return the 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -87,13 +86,6 @@ def _range(args: argparse.Namespace) -> tuple[int | None, int | None]:
     if start is not None and end is not None and end <= start:
         raise UsageError(f"--to {args.to} is not after --from {args.from_}")
     return start, end
-
-
-def _location(settings: Settings) -> str:
-    """Where the archive is, for messages (never with credentials)."""
-    if settings.archive_backend == "local":
-        return str(settings.archive_dir)
-    return f"s3://{settings.archive_s3_bucket}/{settings.archive_s3_prefix.strip('/')}"
 
 
 def _masker(settings: Settings, err: TextIO) -> Masker | None:
@@ -188,7 +180,7 @@ def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None
     for note in report.notes:
         print(f"note: {note}", file=err)
     if report.ok and not report.partitions and not report.open_segments:
-        print(f"note: nothing is archived at {_location(settings)}: check the data directory "
+        print(f"note: nothing is archived at {settings.archive_location}: check the data directory "
               "or the bucket and prefix", file=err)
     summary = (f"{report.partitions} partitions, {report.entries} chain entries, "
                f"{report.segments} segments ({report.events} events) hashed"
@@ -444,12 +436,9 @@ def _guarded(run: Any) -> Any:
             print(f"llmtrail: archive error: {exc}", file=sys.stderr)
             return EXIT_PROBLEMS
         except (BotoCoreError, ClientError) as exc:  # the messages name no credentials
-            print(f"llmtrail: cannot use the archive at {_location(settings)}: {exc}",
+            print(f"llmtrail: cannot use the archive at {settings.archive_location}: {exc}",
                   file=sys.stderr)
             return EXIT_USAGE
-        except BrokenPipeError:  # `archive cat | head`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
-            return EXIT_OK
         return code
 
     return handler

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.archive import iter_archive
+from pipeline.archive import open_reader
 from pipeline.kafka import make_producer, make_reader
 from pipeline.settings import Settings
 from pipeline.stack import Stack
@@ -119,8 +119,8 @@ def run_demo(settings: Settings, *, rate: float, events: int, seed: int,
         print(f"ready: streaming {events} events at {rate:.0f}/s (seed {seed}); alerts follow. "
               "Ctrl-C stops.", flush=True)
         result = asyncio.run(_stream(stack.settings, events, rate, seed))
-        archive_dir = stack.settings.archive_dir
-    archived = sum(1 for _ in iter_archive(archive_dir))
+        run_settings = stack.settings
+    archived = sum(1 for _ in open_reader(run_settings).iter())
     lat = result["latencies"]
     print("\nsummary")
     print(f"  events published: {result['published']} (+{result['malformed']} malformed)")
@@ -128,7 +128,7 @@ def run_demo(settings: Settings, *, rate: float, events: int, seed: int,
     for rule_id, count in result["by_rule"].most_common(15):
         print(f"    {count:5d}  {rule_id}")
     print(f"  dead letters: {result['dead']}")
-    print(f"  archived raw events: {archived} in {archive_dir}")
+    print(f"  archived raw events: {archived} in {run_settings.archive_location}")
     if lat:
         print(f"  publish-to-alert latency: p50 {percentile(lat, 0.5) * 1000:.0f} ms, "
               f"p99 {percentile(lat, 0.99) * 1000:.0f} ms")

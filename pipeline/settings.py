@@ -310,6 +310,13 @@ class Settings:
         return self.data_dir / "archive"
 
     @property
+    def archive_location(self) -> str:
+        """Where the archive is, for messages (never with credentials)."""
+        if self.archive_backend == "local":
+            return str(self.archive_dir)
+        return f"s3://{self.archive_s3_bucket}/{self.archive_s3_prefix.strip('/')}"
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         """``kafka://a:1,b:2`` → ``["a:1", "b:2"]`` for plain Kafka clients."""
         servers = []

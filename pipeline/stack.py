@@ -160,6 +160,21 @@ def new_run_dir(data_dir: Path) -> Path:
     return run_dir
 
 
+def run_settings(requested: Settings, run_dir: Path, broker: str) -> Settings:
+    """The settings of one embedded-broker run: its broker, its data dir and archive.
+
+    The embedded broker numbers offsets from 0 again at every start, so a run
+    must not archive where an earlier one did (its events would be taken for
+    redeliveries): locally the run dir holds the archive, and with S3 the run
+    gets its own prefix, ``<prefix>/runs/<run dir name>``.
+    """
+    settings = requested.replace(broker=broker, data_dir=run_dir)
+    if settings.archive_backend != "s3":
+        return settings
+    prefix = "/".join(p for p in (settings.archive_s3_prefix.strip("/"), "runs", run_dir.name) if p)
+    return settings.replace(archive_s3_prefix=prefix)
+
+
 class Stack:
     """Embedded broker + topics + one worker + HTTP ingest, as a context manager."""
 
@@ -180,14 +195,14 @@ class Stack:
         try:
             self.broker = EmbeddedBroker(self._broker_port,
                                          log_file=run_dir / "broker.log").start()
-            settings = self._requested.replace(broker=self.broker.url, data_dir=run_dir)
+            settings = run_settings(self._requested, run_dir, self.broker.url)
             if self._with_ingest and not settings.api_keys:
                 self.generated_api_key = secrets.token_urlsafe(24)
                 settings = settings.replace(api_keys=(Secret(self.generated_api_key),))
             self.settings = settings
             print(f"broker: {self.broker.url} (embedded Tansu, in-memory; for development)",
                   flush=True)
-            print(f"archive: {settings.archive_dir}", flush=True)
+            print(f"archive: {settings.archive_location}", flush=True)
             asyncio.run(ensure_topics(settings))
             if self._users:
                 users = [(str(u["id"]).encode(), orjson.dumps(u)) for u in self._users]

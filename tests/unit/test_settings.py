@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Secret, Settings, SettingsError
+from pipeline.stack import run_settings
 
 
 def test_defaults_need_no_environment() -> None:
@@ -92,3 +93,19 @@ def test_every_setting_is_documented() -> None:
     for env, _value, doc in Settings.from_env({}).describe():
         assert env.startswith("LLMTRAIL_")
         assert doc.endswith(".")
+
+
+@pytest.mark.parametrize("env, location", [
+    ({}, "{run}/archive"),
+    ({"LLMTRAIL_ARCHIVE_BACKEND": "s3", "LLMTRAIL_ARCHIVE_S3_BUCKET": "evidence"},
+     "s3://evidence/llmtrail/archive/runs/20261122T200000.000000Z"),
+    ({"LLMTRAIL_ARCHIVE_BACKEND": "s3", "LLMTRAIL_ARCHIVE_S3_BUCKET": "evidence",
+      "LLMTRAIL_ARCHIVE_S3_PREFIX": "/"}, "s3://evidence/runs/20261122T200000.000000Z"),
+])
+def test_each_embedded_run_archives_apart(tmp_path: Path, env: dict[str, str],
+                                          location: str) -> None:
+    run_dir = tmp_path / "runs" / "20261122T200000.000000Z"
+    settings = run_settings(Settings.from_env(env, data_dir=tmp_path), run_dir,
+                            "kafka://127.0.0.1:9")
+    assert (settings.broker, settings.data_dir) == ("kafka://127.0.0.1:9", run_dir)
+    assert settings.archive_location == location.format(run=run_dir)
