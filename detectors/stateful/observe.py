@@ -80,10 +80,14 @@ def _hours(text: str) -> tuple[int, int] | None:
 
 def url_shape(url: str) -> str:
     """A URL without query or fragment, each path segment that holds a digit as ``*``
-    (``https://crm/api/v2/customers/42?x=1`` → ``https://crm/api/*/customers/*``)."""
+    (``https://crm/api/v2/customers/42?x=1`` → ``https://crm/api/*/customers/*``); scheme
+    and host in lower case and no trailing slash, as they do not make another endpoint."""
     base = url.split("?", 1)[0].split("#", 1)[0]
     scheme, sep, rest = base.rpartition("://")
     host, _, path = rest.partition("/")
+    if sep:
+        scheme, host = scheme.lower(), host.lower()
+    path = path.rstrip("/")
     shaped = "/".join("*" if any(ch.isdigit() for ch in part) else part
                       for part in path.split("/"))
     return f"{scheme}{sep}{host}/{shaped}" if path else f"{scheme}{sep}{host}"

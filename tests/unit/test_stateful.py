@@ -545,6 +545,9 @@ def test_baseline_batches_are_compacted_per_key_and_bucket(tmp_path: Path) -> No
     ("https://kb.internal/api/search", "https://kb.internal/api/search"),
     ("https://kb.internal", "https://kb.internal"),
     ("crm.lookup", "crm.lookup"),
+    ("HTTPS://CRM.Internal/api/v2/Customers/42", "https://crm.internal/api/*/Customers/*"),
+    ("https://crm.internal/api/customers/42/", "https://crm.internal/api/customers/*"),
+    ("https://kb.internal/", "https://kb.internal"),
 ])
 def test_url_shape(url: str, shape: str) -> None:
     assert url_shape(url) == shape
