@@ -120,8 +120,8 @@ def new_geo(event: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, A
     geo = user.get("geo") if isinstance(user, Mapping) else None
     if not isinstance(usual, list) or not usual or not isinstance(geo, str):
         return None
-    if geo in usual:
-        return None
+    if geo.strip().upper() in {str(item).strip().upper() for item in usual}:
+        return None  # country codes: "de" is "DE"
     return {"geo": geo, "usual_geo": list(usual)}
 
 

@@ -327,6 +327,7 @@ def test_profile_rules_need_user_context(tmp_path: Path) -> None:
     assert run(rules, [(ev(0, user="u-1", prompt={"text": "x"}) | {
         "user": {"id": "u-1", "geo": "US"}}, [])], users)
     assert not run(rules, [(ev(0) | {"user": {"id": "u-1", "geo": "DE"}}, [])], users)
+    assert not run(rules, [(ev(0) | {"user": {"id": "u-1", "geo": "de"}}, [])], users)
     assert not run(rules, [(ev(0) | {"user": {"id": "u-2", "geo": "US"}}, [])], users)
 
 
