@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+import regex
+
 from detectors.fields import iter_leaves, iter_strings, split_selector, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
@@ -74,6 +76,7 @@ class _Field:
     path: str
     text: str
     mask: int
+    key: str = ""  # the words of its JSON key, for a value in a structure (see field_key)
     norm: Normalised | None = None
     scans: list[KeywordScan] = field(default_factory=list)  # one per source
     candidates: list[set[int]] = field(default_factory=list)
@@ -207,7 +210,7 @@ class _Program:
                 if existing is not None:
                     existing.mask |= bit
                 elif text and len(found) < self.options.max_fields:
-                    found[path] = _Field(path, text[:limit], bit)
+                    found[path] = _Field(path, text[:limit], bit, field_key(path))
         return list(found.values())
 
     def _prepare(self, item: _Field, plan: _Plan) -> set[int]:
@@ -555,7 +558,10 @@ class _Evaluation:
         if context is None:
             return Hit(index, start, end, value, 0.0)
         window = item.text[max(0, start - context.window) : end + context.window]
-        folded = normalise(window, limits=_NO_PAYLOADS).sources[0].kw.text
+        # The value's own JSON key reads as the words before it ({"bsn": "..."} like
+        # "BSN: ..."), and an underscore separates words (tax_id, aadhaar_no).
+        folded = normalise(f"{item.key} {window}", limits=_NO_PAYLOADS).sources[0].kw.text
+        folded = folded.replace("_", " ")
         if context.absent is not None and context.absent.search(folded):
             return None
         if context.near is None:
@@ -646,6 +652,28 @@ def _windows(
     if sum(high - low for low, high in merged) * 2 > size:
         return None
     return merged
+
+
+# Where event fields hold the caller's own structures, whose keys name the values.
+FREE_FORM_ROOTS = ("tool.arguments", "tool.result", "tags")
+_KEY = regex.compile(r"\.([^.\[\]]+)(?:\[\d+\])*$")
+_CAMEL = regex.compile(r"(?<=\p{Ll})(?=\p{Lu})")
+
+
+def field_key(path: str) -> str:
+    """The words of the key holding a value in a caller's structure, else "".
+
+    ``tool.arguments.customer.taxId`` gives "tax id", ``tool.result[2].aadhaar_no``
+    "aadhaar no"; ``prompt.text`` and ``tool.result[0]`` give "" (no key of the caller's).
+    """
+    for root in FREE_FORM_ROOTS:
+        if path.startswith((f"{root}.", f"{root}[")):
+            match = _KEY.search(path, len(root))
+            if match is None:
+                return ""
+            words: str = _CAMEL.sub(" ", match.group(1))
+            return words.replace("_", " ").replace("-", " ")
+    return ""
 
 
 def _as_text(value: object) -> str:
