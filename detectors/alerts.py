@@ -64,5 +64,6 @@ def build_alert(
         "field": finding.field,
         "evidence": evidence,
         "score": finding.score,
+        "tags": list(finding.tags),
         "count": 1,
     }

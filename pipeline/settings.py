@@ -130,8 +130,8 @@ class Settings:
     )
     ml: bool = _setting(
         "LLMTRAIL_ML", True,
-        "Run the ML injection/jailbreak classifier: alone on tool results, as a second opinion "
-        "that escalates rule findings on prompts.",
+        "Run the ML injection/jailbreak classifier: a second opinion that escalates rule "
+        "findings, and alone (severity low) on tool results and, from 0.97, on prompts.",
     )
     ml_model: Path = _setting(
         "LLMTRAIL_ML_MODEL", DEFAULT_MODEL,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from detectors import Engine, load_rules, run_examples
+from detectors import Engine, build_alert, load_rules, run_examples
 from detectors.engine import ML_AGREES
 from detectors.ml import Classifier
 
@@ -83,6 +83,8 @@ def test_agreement_raises_a_rule_finding_one_step(engines: tuple[Engine, Engine]
             else original.severity
         assert finding.severity == expected, rule_id
         assert (ML_AGREES in finding.tags) is agrees, rule_id
+        alert = build_alert(finding, prompt(text), detected_at="2026-01-01T00:00:01Z")
+        assert (ML_AGREES in alert["tags"]) is agrees, rule_id  # the alert says why
     assert any(ML_AGREES in f.tags for f in after.values()) is escalated
 
 
