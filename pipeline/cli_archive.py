@@ -179,6 +179,10 @@ def verify_command(settings: Settings, *, from_ms: int | None, to_ms: int | None
         print(f"pruned: {line}", file=out)
     for note in report.notes:
         print(f"note: {note}", file=err)
+    if settings.archive_backend == "local":
+        for kept in sorted(settings.archive_dir.rglob("*.seg.torn-*")):
+            print(f"note: {kept} holds bytes cut off a segment's end at a restart: a write that "
+                  "crashed, or damage to a block already acknowledged (docs/archive.md)", file=err)
     if report.ok and not report.partitions and not report.open_segments:
         print(f"note: nothing is archived at {settings.archive_location}: check the data directory "
               "or the bucket and prefix", file=err)

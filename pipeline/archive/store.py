@@ -561,6 +561,22 @@ class ArchiveStore:
                 if seg.sealed:
                     part.unchained.append(seg)
 
+    def _keep_torn_tail(self, fd: int, path: Path, pos: int) -> Path:
+        """Copy the bytes from ``pos`` to the end of the segment beside it, durably, before they
+        are cut off: a damaged last block looks like a torn write, and evidence is never
+        deleted on a guess. The copy (``<segment>.torn-<pos>``) is no segment: readers skip it,
+        verify lists it."""
+        kept = path.with_name(f"{path.name}.torn-{pos}")
+        size = os.fstat(fd).st_size
+        with open(kept, "wb") as out:
+            out.write(os.pread(fd, size - pos, pos))
+            out.flush()
+            if self._fsync:
+                os.fsync(out.fileno())
+        if self._fsync:
+            fsync_dir(path.parent)
+        return kept
+
     def _recover_tail(self, part: _Partition, sids: list[SegmentId]) -> tuple[_Tail | None, bool]:
         """The newest of ``sids`` holding records, after truncating a torn tail and removing
         segments a crash left without records. Returns it (None: no records) and whether any
@@ -579,9 +595,12 @@ class ArchiveStore:
                     if block.header.kind == KIND_RECORDS:
                         last_offset = block.header.last_offset
                 if scan.torn is not None:
-                    log.warning("%s: truncating a torn trailing block at byte %d (%s): a write "
-                                "that crashed before it returned, so it was never acknowledged",
-                                path, scan.torn.pos, scan.torn.reason)
+                    kept = self._keep_torn_tail(fd, path, scan.torn.pos)
+                    log.warning("%s: cut off a torn trailing block at byte %d (%s), its bytes "
+                                "kept in %s: a write that crashed before it returned was never "
+                                "acknowledged; if the worker had acknowledged it, the block was "
+                                "damaged or altered", path, scan.torn.pos, scan.torn.reason,
+                                kept.name)
                     os.ftruncate(fd, scan.torn.pos)
                     if self._fsync:
                         os.fsync(fd)

@@ -330,11 +330,15 @@ def test_torn_trailing_block_is_truncated_and_appends_continue(
         tmp_path: Path, tear_at: Callable[[Block], int], caplog: pytest.LogCaptureFixture) -> None:
     path, last = _three_blocks(tmp_path)
     os.truncate(path, tear_at(last))
+    tail = path.read_bytes()[last.pos:]
     assert archived(tmp_path) == [(TOPIC, 0, o) for o in range(20)]  # readers skip the tail
 
     with caplog.at_level(logging.WARNING, "llmtrail.archive"):
         s = ArchiveStore(tmp_path)
-    assert f"{path}: truncating a torn trailing block at byte {last.pos}" in caplog.text
+    kept = path.with_name(f"{path.name}.torn-{last.pos}")
+    assert f"{path}: cut off a torn trailing block at byte {last.pos}" in caplog.text
+    assert f"its bytes kept in {kept.name}" in caplog.text
+    assert kept.read_bytes() == tail  # never deleted on a guess
     assert path.stat().st_size == last.pos
     assert s.high_watermarks() == {(TOPIC, 0): 19}
     assert s.append(recs(range(30))).written == 10  # Kafka redelivers the uncommitted range
@@ -353,6 +357,19 @@ def test_garbage_tail_after_power_loss_is_truncated(tmp_path: Path, garbage: byt
         assert s.high_watermarks() == {(TOPIC, 0): 19}
         s.append(recs(range(30)))
     assert [r.raw() for r in iter_archive(tmp_path)] == recs(range(30))
+
+
+def test_a_damaged_last_block_is_cut_off_but_its_bytes_are_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path, last = _three_blocks(tmp_path)
+    _flip(path, last.end - 1)  # one bit of an acknowledged block: looks like a torn write
+    block = path.read_bytes()[last.pos:]
+    with caplog.at_level(logging.WARNING, "llmtrail.archive"), ArchiveStore(tmp_path) as s:
+        assert s.high_watermarks() == {(TOPIC, 0): 19}
+    kept = path.with_name(f"{path.name}.torn-{last.pos}")
+    assert kept.read_bytes() == block
+    assert "if the worker had acknowledged it, the block was damaged or altered" in caplog.text
+    assert archived(tmp_path) == [(TOPIC, 0, o) for o in range(20)]  # the copy is no segment
 
 
 def test_segment_left_empty_by_a_crash_is_removed(tmp_path: Path,

@@ -345,3 +345,16 @@ def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path, argv: tuple[s
         err = head.stderr.read().decode()
         assert head.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_verify_lists_the_bytes_a_restart_cut_off(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    fill(settings, EVENTS[:2])
+    segment = sorted((tmp_path / "archive").rglob("*.seg"))[0]
+    kept = segment.with_name(f"{segment.name}.torn-512")
+    kept.write_bytes(b"LTAB")  # what the store keeps when it cuts a torn or damaged tail off
+    assert _handle(settings, "archive", "verify") == 0
+    assert capsys.readouterr().err == (
+        f"note: {kept} holds bytes cut off a segment's end at a restart: a write that crashed, "
+        "or damage to a block already acknowledged (docs/archive.md)\n")
