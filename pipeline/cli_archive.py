@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -20,8 +20,15 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from detectors import build_alert
+from detectors import Finding, RuleSetError, build_alert
 from detectors.event import EventError, decode_event
+from detectors.stateful import (
+    MemoryStore,
+    Observation,
+    StatefulDetector,
+    findings_of,
+    load_stateful_rules,
+)
 from pipeline import cli_rules
 from pipeline.archive.backend import Backend, LocalBackend
 from pipeline.archive.catalog import load_catalog
@@ -335,15 +342,54 @@ def _users(path: str | None, err: TextIO) -> UserDirectory | None:
     return UserDirectory(records)
 
 
+class _Correlator:
+    """Stateful rules over a backtest's events, folded a chunk at a time into one in-memory
+    state (as a worker folds its batches into its tables)."""
+
+    CHUNK = 1000
+
+    def __init__(self, detector: StatefulDetector, users: UserDirectory) -> None:
+        self._detector = detector
+        self._context = users.get
+        self._store = MemoryStore()
+        self._observations: list[Observation] = []
+        self._events = 0
+
+    def add(self, event: Mapping[str, Any], findings: Sequence[Finding]) -> list[dict[str, Any]]:
+        self._observations += self._detector.observe(event, findings_of(findings), self._context)
+        self._events += 1
+        return self.flush() if self._events % self.CHUNK == 0 else []
+
+    def flush(self) -> list[dict[str, Any]]:
+        observations, self._observations = self._observations, []
+        return self._detector.apply(self._detector.compact(observations), (), self._store,
+                                    scope="0", context=self._context,
+                                    detected_at=cli_rules._utc_now())
+
+
+def _load_stateful(paths: Sequence[Path] | None, err: TextIO) -> StatefulDetector | None:
+    try:
+        return StatefulDetector(load_stateful_rules(paths or ()))
+    except RuleSetError as exc:
+        for error in exc.errors:
+            print(error, file=err)
+        return None
+
+
 def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Path] | None,
              users_file: str | None, from_ms: int | None, to_ms: int | None,
-             destination: str | None, engine_choice: str, err: TextIO) -> int:
-    """Run ``rules`` over the archived events with the worker's engine (and enrichment)."""
+             destination: str | None, engine_choice: str, err: TextIO,
+             stateful: Sequence[Path] | None = None) -> int:
+    """Run ``rules`` (and ``stateful`` rules) over the archived events with the worker's engine
+    (and enrichment)."""
     ruleset = cli_rules._load(rules, err)
     base_rules = cli_rules._load(baseline, err) if baseline else None
     users = _users(users_file, err)
-    if ruleset is None or (baseline and base_rules is None) or users is None:
+    detector = _load_stateful(stateful, err) if stateful else None
+    if ruleset is None or (baseline and base_rules is None) or users is None or (
+            stateful and detector is None):
         return EXIT_PROBLEMS
+    correlator = _Correlator(detector, users) if detector is not None else None
     engine = build_engine(ruleset, settings, engine_choice)
     base_engine = build_engine(base_rules, settings, engine_choice) if base_rules else None
     output: BinaryIO | None = None
@@ -373,6 +419,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 if output is not None:
                     output.write(orjson.dumps(build_alert(finding, event,
                                                           detected_at=detected_at)) + b"\n")
+            if correlator is not None:
+                _count(correlator.add(event, findings), by_rule, output)
             if base_engine is not None:
                 new = Counter(f.rule_id for f in findings)
                 old = Counter(f.rule_id for f in base_engine.scan(event))
@@ -387,6 +435,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 err.write(f"\r{events} events, {sum(by_rule.values())} alerts, "
                           f"{events / (now - started):,.0f}/s ")
                 err.flush()
+        if correlator is not None:
+            _count(correlator.flush(), by_rule, output)
     finally:
         if output is not None and output is not sys.stdout.buffer:
             output.close()
@@ -407,6 +457,13 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
             print(f"  … and {len(examples) - _DIFF_EXAMPLES} more (write them all with --output "
                   "and compare)", file=err)
     return EXIT_OK
+
+
+def _count(alerts: list[dict[str, Any]], by_rule: Counter[str], output: BinaryIO | None) -> None:
+    for alert in alerts:
+        by_rule[str(alert["rule_id"])] += 1
+        if output is not None:
+            output.write(orjson.dumps(alert) + b"\n")
 
 
 # -- argparse wiring ----------------------------------------------------------------------------
@@ -480,7 +537,7 @@ def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     start, end = _range(args)
     return backtest(settings, rules=args.rules, baseline=args.baseline, users_file=args.users,
                     from_ms=start, to_ms=end, destination=args.output,
-                    engine_choice=args.engine, err=sys.stderr)
+                    engine_choice=args.engine, err=sys.stderr, stateful=args.stateful)
 
 
 def _common(parser: argparse.ArgumentParser, *, time_range: bool = True) -> None:
@@ -576,6 +633,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                  help="write the alerts here (- = stdout)")
     backtest_parser.add_argument("--baseline", nargs="+", type=Path, metavar="PATH",
                                  help="the rules in force, to compare against")
+    backtest_parser.add_argument("--stateful", nargs="+", type=Path, metavar="PATH",
+                                 help="stateful rule files or directories (llmtrail.stateful/v1, "
+                                 "e.g. rules/stateful) to run on the events and the findings of "
+                                 "--rules, in archive order; not part of the --baseline diff")
     backtest_parser.add_argument("--users", metavar="USERS.jsonl",
                                  help="user-context records to enrich events with, like the "
                                  "workers do")
