@@ -663,7 +663,7 @@ _CAMEL = regex.compile(r"(?<=\p{Ll})(?=\p{Lu})")
 def field_key(path: str) -> str:
     """The words of the key holding a value in a caller's structure, else "".
 
-    ``tool.arguments.customer.taxId`` gives "tax id", ``tool.result[2].aadhaar_no``
+    ``tool.arguments.customer.taxId`` gives "tax Id", ``tool.result[2].aadhaar_no``
     "aadhaar no"; ``prompt.text`` and ``tool.result[0]`` give "" (no key of the caller's).
     """
     for root in FREE_FORM_ROOTS:
