@@ -667,7 +667,7 @@ def field_key(path: str) -> str:
     "aadhaar no"; ``prompt.text`` and ``tool.result[0]`` give "" (no key of the caller's).
     """
     for root in FREE_FORM_ROOTS:
-        if path.startswith((f"{root}.", f"{root}[")):
+        if path != root and _under(path, (root,)):
             match = _KEY.search(path, len(root))
             if match is None:
                 return ""

@@ -20,14 +20,13 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from detectors import Finding, RuleSetError, build_alert
+from detectors import Finding, build_alert
 from detectors.event import EventError, decode_event
 from detectors.stateful import (
     MemoryStore,
     Observation,
     StatefulDetector,
     findings_of,
-    load_stateful_rules,
 )
 from pipeline import cli_rules
 from pipeline.archive.backend import Backend, LocalBackend
@@ -367,15 +366,6 @@ class _Correlator:
                                     detected_at=cli_rules._utc_now())
 
 
-def _load_stateful(paths: Sequence[Path] | None, err: TextIO) -> StatefulDetector | None:
-    try:
-        return StatefulDetector(load_stateful_rules(paths or ()))
-    except RuleSetError as exc:
-        for error in exc.errors:
-            print(error, file=err)
-        return None
-
-
 def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Path] | None,
              users_file: str | None, from_ms: int | None, to_ms: int | None,
              destination: str | None, engine_choice: str, err: TextIO,
@@ -385,11 +375,12 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     ruleset = cli_rules._load(rules, err)
     base_rules = cli_rules._load(baseline, err) if baseline else None
     users = _users(users_file, err)
-    detector = _load_stateful(stateful, err) if stateful else None
+    stateful_rules = cli_rules._load_stateful(stateful, err) if stateful else None
     if ruleset is None or (baseline and base_rules is None) or users is None or (
-            stateful and detector is None):
+            stateful and stateful_rules is None):
         return EXIT_PROBLEMS
-    correlator = _Correlator(detector, users) if detector is not None else None
+    correlator = (_Correlator(StatefulDetector(stateful_rules), users)
+                  if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
     base_engine = build_engine(base_rules, settings, engine_choice) if base_rules else None
     output: BinaryIO | None = None
