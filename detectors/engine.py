@@ -76,7 +76,6 @@ class _Field:
     path: str
     text: str
     mask: int
-    key: str = ""  # the words of its JSON key, for a value in a structure (see field_key)
     norm: Normalised | None = None
     scans: list[KeywordScan] = field(default_factory=list)  # one per source
     candidates: list[set[int]] = field(default_factory=list)
@@ -210,7 +209,7 @@ class _Program:
                 if existing is not None:
                     existing.mask |= bit
                 elif text and len(found) < self.options.max_fields:
-                    found[path] = _Field(path, text[:limit], bit, field_key(path))
+                    found[path] = _Field(path, text[:limit], bit)
         return list(found.values())
 
     def _prepare(self, item: _Field, plan: _Plan) -> set[int]:
@@ -560,8 +559,8 @@ class _Evaluation:
         window = item.text[max(0, start - context.window) : end + context.window]
         # The value's own JSON key reads as the words before it ({"bsn": "..."} like
         # "BSN: ..."), and an underscore separates words (tax_id, aadhaar_no).
-        folded = normalise(f"{item.key} {window}", limits=_NO_PAYLOADS).sources[0].kw.text
-        folded = folded.replace("_", " ")
+        keyed = normalise(f"{field_key(item.path)} {window}", limits=_NO_PAYLOADS)
+        folded = keyed.sources[0].kw.text.replace("_", " ")
         if context.absent is not None and context.absent.search(folded):
             return None
         if context.near is None:
