@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -20,15 +20,10 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from detectors import Finding, build_alert
+from detectors import build_alert
 from detectors.event import EventError, decode_event
-from detectors.stateful import (
-    MemoryStore,
-    Observation,
-    StatefulDetector,
-    findings_of,
-)
-from pipeline import cli_rules
+from detectors.stateful import StatefulDetector
+from pipeline import cli_rules, replay
 from pipeline.archive.backend import Backend, LocalBackend
 from pipeline.archive.catalog import load_catalog
 from pipeline.archive.chain import Chain
@@ -55,9 +50,9 @@ from pipeline.archive.store import ArchiveStore
 from pipeline.archive.traceindex import may_contain
 from pipeline.archive.verify import verify
 from pipeline.detection import build_engine
-from pipeline.lines import read_lines
+from pipeline.process import utc_now
 from pipeline.settings import Settings, SettingsError
-from pipeline.users import UserDirectory, UserRecordError, enrich, validate_user
+from pipeline.users import enrich
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 _AGO_RE = re.compile(r"(\d+)([mhd])")
@@ -328,44 +323,6 @@ def erase_command(settings: Settings, *, user: str, reason: str, out: TextIO,
 # -- backtest -----------------------------------------------------------------------------------
 
 
-def _users(path: str | None, err: TextIO) -> UserDirectory | None:
-    if path is None:
-        return UserDirectory()
-    records = []
-    for number, raw in read_lines(path):
-        try:
-            records.append(validate_user(orjson.loads(raw)))
-        except (orjson.JSONDecodeError, UserRecordError) as exc:
-            print(f"{path}:{number}: rejected: {exc}", file=err)
-            return None
-    return UserDirectory(records)
-
-
-class _Correlator:
-    """Stateful rules over a backtest's events, folded a chunk at a time into one in-memory
-    state (as a worker folds its batches into its tables)."""
-
-    CHUNK = 1000
-
-    def __init__(self, detector: StatefulDetector, users: UserDirectory) -> None:
-        self._detector = detector
-        self._context = users.get
-        self._store = MemoryStore()
-        self._observations: list[Observation] = []
-        self._events = 0
-
-    def add(self, event: Mapping[str, Any], findings: Sequence[Finding]) -> list[dict[str, Any]]:
-        self._observations += self._detector.observe(event, findings_of(findings), self._context)
-        self._events += 1
-        return self.flush() if self._events % self.CHUNK == 0 else []
-
-    def flush(self) -> list[dict[str, Any]]:
-        observations, self._observations = self._observations, []
-        return self._detector.apply(self._detector.compact(observations), (), self._store,
-                                    scope="0", context=self._context,
-                                    detected_at=cli_rules._utc_now())
-
-
 def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Path] | None,
              users_file: str | None, from_ms: int | None, to_ms: int | None,
              destination: str | None, engine_choice: str, err: TextIO,
@@ -374,12 +331,12 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     (and enrichment)."""
     ruleset = cli_rules._load(rules, err)
     base_rules = cli_rules._load(baseline, err) if baseline else None
-    users = _users(users_file, err)
+    users = replay.load_users(users_file, err)
     stateful_rules = cli_rules._load_stateful(stateful, err) if stateful else None
     if ruleset is None or (baseline and base_rules is None) or users is None or (
             stateful and stateful_rules is None):
         return EXIT_PROBLEMS
-    correlator = (_Correlator(StatefulDetector(stateful_rules), users)
+    correlator = (replay.Correlator(StatefulDetector(stateful_rules), users)
                   if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
     base_engine = build_engine(base_rules, settings, engine_choice) if base_rules else None
@@ -403,7 +360,7 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 invalid += 1
                 continue
             events += 1
-            detected_at = cli_rules._utc_now()
+            detected_at = utc_now()
             findings = engine.scan(event)
             for finding in findings:
                 by_rule[finding.rule_id] += 1
@@ -411,7 +368,7 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                     output.write(orjson.dumps(build_alert(finding, event,
                                                           detected_at=detected_at)) + b"\n")
             if correlator is not None:
-                _count(correlator.add(event, findings), by_rule, output)
+                replay.emit(correlator.add(event, findings), by_rule, output)
             if base_engine is not None:
                 new = Counter(f.rule_id for f in findings)
                 old = Counter(f.rule_id for f in base_engine.scan(event))
@@ -427,7 +384,7 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                           f"{events / (now - started):,.0f}/s ")
                 err.flush()
         if correlator is not None:
-            _count(correlator.flush(), by_rule, output)
+            replay.emit(correlator.finish(), by_rule, output)
     finally:
         if output is not None and output is not sys.stdout.buffer:
             output.close()
@@ -448,13 +405,6 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
             print(f"  … and {len(examples) - _DIFF_EXAMPLES} more (write them all with --output "
                   "and compare)", file=err)
     return EXIT_OK
-
-
-def _count(alerts: list[dict[str, Any]], by_rule: Counter[str], output: BinaryIO | None) -> None:
-    for alert in alerts:
-        by_rule[str(alert["rule_id"])] += 1
-        if output is not None:
-            output.write(orjson.dumps(alert) + b"\n")
 
 
 # -- argparse wiring ----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -22,12 +21,21 @@ import orjson
 from detectors import RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
 from detectors.prefilter import SHARED
-from detectors.stateful import StatefulRuleSet, load_stateful_rules, run_scenarios
+from detectors.stateful import (
+    StatefulDetector,
+    StatefulRuleSet,
+    load_stateful_rules,
+    run_scenarios,
+)
+from pipeline import replay
 from pipeline.detection import build_engine
 from pipeline.lines import read_lines
+from pipeline.process import utc_now
 from pipeline.settings import Settings
+from pipeline.users import enrich
 
-EXIT_OK, EXIT_PROBLEMS = 0, 1
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+_INVALID_LISTED = 20  # invalid lines scan lists one by one; the rest are only counted
 _PROGRESS_EVERY = 0.5  # seconds between progress lines on a terminal
 _STATEFUL_RE = re.compile(rb"^schema:\s*['\"]?llmtrail\.stateful/", re.MULTILINE)
 
@@ -142,6 +150,45 @@ def test(
     return EXIT_PROBLEMS if failed else EXIT_OK
 
 
+class _Progress:
+    """One line on a terminal, redrawn at most every ``_PROGRESS_EVERY`` seconds: a bar of the
+    input read (when its size is known), events, alerts and events/s."""
+
+    WIDTH = 24
+
+    def __init__(self, err: TextIO, total_bytes: int | None) -> None:
+        self._err = err
+        self._total = total_bytes
+        self._on = err.isatty()
+        self._started = self._last = time.perf_counter()
+
+    def update(self, *, events: int, alerts: int, done_bytes: int) -> None:
+        now = time.perf_counter()
+        if not self._on or now - self._last < _PROGRESS_EVERY:
+            return
+        self._last = now
+        bar = ""
+        if self._total:
+            share = min(done_bytes / self._total, 1.0)
+            filled = round(share * self.WIDTH)
+            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:4.0%} "
+        self._err.write(f"\r{bar}{events:,} events, {alerts:,} alerts, "
+                        f"{events / (now - self._started):,.0f}/s ")
+        self._err.flush()
+
+    def clear(self) -> None:
+        if self._on:
+            self._err.write("\r" + " " * 80 + "\r")
+
+
+def _input_size(source: str) -> int | None:
+    """The size of a regular input file (the progress bar's 100 %); None for stdin or a pipe."""
+    if source == "-":
+        return None
+    path = Path(source)
+    return path.stat().st_size if path.is_file() else None
+
+
 def scan(
     *,
     source: str,
@@ -150,49 +197,80 @@ def scan(
     settings: Settings,
     engine_choice: str,
     err: TextIO,
+    stateful: Sequence[Path] | None = None,
+    users_file: str | None = None,
 ) -> int:
+    """The rules, and the ``stateful`` rules when given, over a file of events, as a worker
+    runs them (events enriched with ``users_file``'s records); alerts to ``destination``."""
     ruleset = _load(paths, err)
-    if ruleset is None:
+    stateful_rules = _load_stateful(stateful, err) if stateful else None
+    users = replay.load_users(users_file, err)
+    if ruleset is None or (stateful and stateful_rules is None) or users is None:
         return EXIT_PROBLEMS
+    correlator = (replay.Correlator(StatefulDetector(stateful_rules), users)
+                  if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
-    progress = err.isatty()
-    events = invalid = size = 0
+    progress = _Progress(err, _input_size(source))
+    events = invalid = size = correlated = 0
     by_rule: Counter[str] = Counter()
-    started = last_report = time.perf_counter()
+    started = time.perf_counter()
     output: BinaryIO = sys.stdout.buffer if destination == "-" else open(destination, "wb")  # noqa: SIM115
     try:
         for number, raw in read_lines(source):
-            size += len(raw)
+            size += len(raw) + 1
             try:
-                event = decode_event(raw, max_bytes=settings.max_event_bytes)
+                event = enrich(decode_event(raw, max_bytes=settings.max_event_bytes), users)
             except EventError as exc:
                 invalid += 1
-                print(f"{source}:{number}: invalid event: {exc.reason}", file=err)
+                if invalid <= _INVALID_LISTED:
+                    print(f"{source}:{number}: invalid event: {exc.reason}", file=err)
                 continue
             events += 1
-            detected_at = _utc_now()
-            for finding in engine.scan(event):
+            detected_at = utc_now()
+            findings = engine.scan(event)
+            for finding in findings:
                 by_rule[finding.rule_id] += 1
-                alert = build_alert(finding, event, detected_at=detected_at)
-                output.write(orjson.dumps(alert) + b"\n")
-            now = time.perf_counter()
-            if progress and now - last_report >= _PROGRESS_EVERY:
-                last_report = now
-                rate = events / (now - started)
-                err.write(f"\r{events} events, {sum(by_rule.values())} alerts, {rate:,.0f}/s ")
-                err.flush()
+                output.write(orjson.dumps(build_alert(finding, event, detected_at=detected_at))
+                             + b"\n")
+            if correlator is not None:
+                alerts = correlator.add(event, findings)
+                correlated += len(alerts)
+                replay.emit(alerts, by_rule, output)
+            progress.update(events=events, alerts=sum(by_rule.values()), done_bytes=size)
+        if correlator is not None:
+            alerts = correlator.finish()
+            correlated += len(alerts)
+            replay.emit(alerts, by_rule, output)
     finally:
         if output is not sys.stdout.buffer:
             output.close()
     elapsed = max(time.perf_counter() - started, 1e-9)
-    if progress:
-        err.write("\r" + " " * 60 + "\r")
-    _summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed, size=size, err=err)
+    progress.clear()
+    if invalid > _INVALID_LISTED:
+        print(f"{source}: {invalid - _INVALID_LISTED} more invalid lines not listed", file=err)
+    stateful_ids = ({rule.id for rule in stateful_rules.rules} if stateful_rules is not None
+                    else set())
+    _summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed, size=size, err=err,
+             stateful_ids=stateful_ids)
+    if stateful_rules is not None and correlator is not None:
+        print(_stateful_line(stateful_rules, correlator, correlated), file=err)
     return EXIT_OK
 
 
+def _stateful_line(rules: StatefulRuleSet, correlator: replay.Correlator, alerts: int) -> str:
+    enabled = sum(1 for rule in rules.rules if rule.enabled)
+    line = (f"stateful: {enabled} rules, {alerts} alerts, {correlator.states:,} state keys at "
+            "the end")
+    if correlator.late:
+        line += (f"; {correlator.late:,} events were more than {correlator.reorder:,} events "
+                 "out of time order and were folded late (sequences and baselines may miss "
+                 "them: sort the file by ts)")
+    return line
+
+
 def _summary(
-    *, events: int, invalid: int, by_rule: Counter[str], elapsed: float, size: int, err: TextIO
+    *, events: int, invalid: int, by_rule: Counter[str], elapsed: float, size: int, err: TextIO,
+    stateful_ids: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     print(
         f"{events} events, {invalid} invalid lines, {sum(by_rule.values())} alerts "
@@ -201,11 +279,8 @@ def _summary(
         file=err,
     )
     for rule_id, count in sorted(by_rule.items(), key=lambda item: (-item[1], item[0])):
-        print(f"  {count:8d}  {rule_id}", file=err)
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        print(f"  {count:8d}  {rule_id}{'  (stateful)' if rule_id in stateful_ids else ''}",
+              file=err)
 
 
 # -- argparse wiring --------------------------------------------------------------------
@@ -242,14 +317,30 @@ def _cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     paths: list[Path] = args.rules or list(settings.rules)
-    return scan(
-        source=args.input,
-        destination=args.output,
-        paths=paths,
-        settings=settings,
-        engine_choice=args.engine,
-        err=sys.stderr,
-    )
+    try:
+        return scan(
+            source=args.input,
+            destination=args.output,
+            paths=paths,
+            settings=settings,
+            engine_choice=args.engine,
+            err=sys.stderr,
+            stateful=scan_stateful_paths(args, settings),
+            users_file=args.users,
+        )
+    except OSError as exc:
+        print(f"llmtrail scan: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def scan_stateful_paths(args: argparse.Namespace, settings: Settings) -> list[Path] | None:
+    """The stateful rules ``scan`` runs: --stateful's, none with --no-stateful, else the
+    worker's (LLMTRAIL_STATEFUL_RULES, unless LLMTRAIL_STATEFUL is false)."""
+    if args.no_stateful:
+        return None
+    if args.stateful:
+        return list(args.stateful)
+    return list(settings.stateful_rules) if settings.stateful else None
 
 
 def _engine_option(parser: argparse.ArgumentParser) -> None:
@@ -308,11 +399,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     scan_parser = subparsers.add_parser(
         "scan",
-        help="Run the detection engine offline over a JSON-lines file of events.",
-        description="Run the rules over Event v1 JSON lines (no broker, no enrichment) and "
-        "write one Alert v1 JSON line per finding. Invalid lines are reported with their line "
-        "number and skipped. Prints a summary: events, invalid lines, alerts by rule, events/s "
-        "and MB/s. Exits 0 unless the rules do not load.",
+        help="Run the detection rules, stateful ones included, offline over a JSON-lines file.",
+        description="Run the rules over Event v1 JSON lines (no broker) and write one Alert v1 "
+        "JSON line per finding. As in a worker, the stateful rules (LLMTRAIL_STATEFUL_RULES, "
+        "default rules/stateful/) run too, on the events and their findings, and write "
+        "correlation/anomaly alerts: --stateful PATH... names others, --no-stateful (or "
+        "LLMTRAIL_STATEFUL=false) runs none. Events are folded in event-time order as long as "
+        f"none is more than {replay.Correlator.REORDER:,} events out of place (the summary "
+        "counts those that are); at "
+        "the end of the input every dedup window closes and its roll-up alert is written. "
+        "Alert hygiene (dedup, rate limits) applies to the stateful rules' alerts; single-event "
+        "alerts are all written. Invalid lines are reported with their line number (the first "
+        f"{_INVALID_LISTED}) and skipped. Prints a progress bar on a terminal, then a summary: "
+        "events, invalid lines, alerts by rule (stateful ones marked), events/s and MB/s. "
+        "Exits 0 unless rules or the users file do not load (1) or a file cannot be opened (2).",
     )
     scan_parser.add_argument(
         "--input",
@@ -323,6 +423,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     scan_parser.add_argument(
         "--output", required=True, metavar="ALERTS.jsonl", help="where alerts go (- = stdout)"
     )
-    scan_parser.add_argument("--rules", nargs="+", type=Path, metavar="PATH", help=paths_help)
+    scan_parser.add_argument(
+        "--rules", nargs="+", type=Path, metavar="PATH",
+        help="single-event rule files or directories (*.yaml, *.yml); default: LLMTRAIL_RULES",
+    )
+    stateful = scan_parser.add_mutually_exclusive_group()
+    stateful.add_argument(
+        "--stateful", nargs="+", type=Path, metavar="PATH",
+        help="stateful rule files or directories (llmtrail.stateful/v1, e.g. rules/stateful) to "
+        "run on the events and the findings of --rules, as backtest --stateful does; default: "
+        "LLMTRAIL_STATEFUL_RULES when LLMTRAIL_STATEFUL is true (as the worker)",
+    )
+    stateful.add_argument(
+        "--no-stateful", action="store_true", help="run the single-event rules only"
+    )
+    scan_parser.add_argument(
+        "--users", metavar="USERS.jsonl",
+        help="user-context records to enrich events with, like the workers do (role, timezone, "
+        "work_hours and usual_geo feed rules and the off-hours / new-geo profiles)",
+    )
     _engine_option(scan_parser)
     scan_parser.set_defaults(handler=_cmd_scan)
