@@ -198,12 +198,17 @@ def scan(
     engine_choice: str,
     err: TextIO,
     stateful: Sequence[Path] | None = None,
+    stateful_from: str = "--stateful",
     users_file: str | None = None,
 ) -> int:
-    """The rules, and the ``stateful`` rules when given, over a file of events, as a worker
-    runs them (events enriched with ``users_file``'s records); alerts to ``destination``."""
+    """The rules, and the ``stateful`` rules when given (named by ``stateful_from``), over a
+    file of events as a worker runs them (events enriched with ``users_file``'s records);
+    alerts to ``destination``."""
     ruleset = _load(paths, err)
     stateful_rules = _load_stateful(stateful, err) if stateful else None
+    if stateful and stateful_rules is None:
+        print(f"(the stateful rules of {stateful_from}; --no-stateful scans without them)",
+              file=err)
     users = replay.load_users(users_file, err)
     if ruleset is None or (stateful and stateful_rules is None) or users is None:
         return EXIT_PROBLEMS
@@ -326,6 +331,7 @@ def _cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
             engine_choice=args.engine,
             err=sys.stderr,
             stateful=scan_stateful_paths(args, settings),
+            stateful_from="--stateful" if args.stateful else "LLMTRAIL_STATEFUL_RULES",
             users_file=args.users,
         )
     except OSError as exc:

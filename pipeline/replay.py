@@ -67,11 +67,12 @@ class Correlator:
     REORDER = 10_000  # events held back to restore event-time order
 
     def __init__(self, detector: StatefulDetector, users: UserDirectory, *,
-                 reorder: int = REORDER) -> None:
+                 reorder: int = REORDER, chunk: int = CHUNK) -> None:
         self._detector = detector
         self._context = users.get
         self._store = MemoryStore()
         self.reorder = reorder
+        self._chunk = chunk
         self._held: list[tuple[float, int, list[Observation]]] = []
         self._received = 0
         self._released = 0
@@ -114,7 +115,7 @@ class Correlator:
         self._newest = max(self._newest, ts)
         self._observations += observations
         self._released += 1
-        return self._fold() if self._released % self.CHUNK == 0 else []
+        return self._fold() if self._released % self._chunk == 0 else []
 
     def _fold(self) -> list[dict[str, Any]]:
         observations, self._observations = self._observations, []
