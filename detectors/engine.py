@@ -18,7 +18,7 @@ odd input: what is missing or of the wrong type is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -48,7 +48,7 @@ from detectors.model import (
     iter_nodes,
 )
 from detectors.normalise import Limits, Normalised, SpanMap, View, normalise
-from detectors.prefilter import SHARED, PrefilterBank, scannable
+from detectors.prefilter import SHARED, PrefilterBank, Utf8Positions, scannable
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000
@@ -57,8 +57,11 @@ DEFAULT_REGEX_TIMEOUT = 0.05
 MAX_EVIDENCE = 5
 MAX_HITS_PER_PATTERN = 16
 # A regex whose longest match is unbounded is looked for within this many
-# characters of the literal it requires (documented bound of the engine).
+# characters of the literal it requires, or before where its prefilter says a
+# match ends (documented bound of the engine).
 REGEX_WINDOW = 2000
+# Match ends a prefilter reports before the regex runs over the whole text instead.
+MAX_MATCH_ENDS = 256
 _NO_PAYLOADS = Limits(max_payloads=0)
 
 
@@ -378,6 +381,7 @@ class _Evaluation:
         self.timeout = program.options.regex_timeout
         self.selected: dict[int, list[tuple[int, _Field]]] = {}
         self.scanned: dict[int, bytes | None] = {}  # id(view) -> what a prefilter scans
+        self.positions: dict[int, Utf8Positions] = {}  # id(view) -> its byte-to-character map
         # (pattern, leaf, view) -> accepted matches; fields sharing a text share its views
         self.matched: dict[tuple[int, int, int], list[tuple[int, int, str]]] = {}
 
@@ -456,10 +460,8 @@ class _Evaluation:
                         key = (pattern_id, id(leaf), id(view))
                         found = self.matched.get(key)
                         if found is None:
-                            found = self.matched[key] = (
-                                self._matches(pattern, pattern_id, leaf, scan, view)
-                                if self._may_match(pattern, view)
-                                else []
+                            found = self.matched[key] = self._matches(
+                                pattern, pattern_id, leaf, scan, view
                             )
                         for start, end, value in found:
                             span = view.map.span(start, end)
@@ -472,30 +474,56 @@ class _Evaluation:
         return hits or None
 
     def _matches(
-        self, pattern: Pattern, pattern_id: int, leaf: RegexLeaf, scan: KeywordScan, view: View
+        self,
+        pattern: Pattern,
+        pattern_id: int,
+        leaf: RegexLeaf,
+        scan: KeywordScan,
+        view: View,
     ) -> list[tuple[int, int, str]]:
-        """The pattern's matches in a view: at its start literals, in windows, or everywhere."""
+        """The pattern's matches in a view: where its prefilter or its start literals put
+        them, in windows around its required literals, or everywhere."""
         compiled, text, timeout = pattern.compiled, view.text, self.timeout
         found: Iterator[Any]
-        if view.from_kw is None:
+        located = self._located(pattern, view)
+        if located == []:
+            return []
+        if located is not None:
+            found = _in_windows(compiled, text, located, pattern.reach or 0, timeout)
+        elif view.from_kw is None:
             found = compiled.finditer(text, timeout=timeout)
         elif (starts := scan.starts(pattern_id) if pattern.gate.starts else None) is not None:
             found = _at_starts(compiled, text, view.from_kw, starts, timeout)
         elif (windows := _windows(pattern, scan, view.from_kw, len(text))) is not None:
-            found = _in_windows(compiled, text, windows, timeout)
+            found = _in_windows(compiled, text, windows, pattern.reach or 0, timeout)
         else:
             found = compiled.finditer(text, timeout=timeout)
         return self._collect(pattern, leaf, text, found)
 
-    def _may_match(self, pattern: Pattern, view: View) -> bool:
+    def _located(self, pattern: Pattern, view: View) -> list[tuple[int, int]] | None:
+        """Windows of the view that hold every match of the pattern ([] if it has none),
+        or None when its prefilter cannot narrow the run down."""
         prefilter = self.program.prefilter
-        if prefilter is None or not prefilter.ready(pattern.source):
-            return True
+        if prefilter is None or pattern.reach is None or not prefilter.ready(pattern.source):
+            return None
         key = id(view)
         if key not in self.scanned:
             self.scanned[key] = scannable(view.text)
         data = self.scanned[key]
-        return data is None or prefilter.may_match(pattern.source, data)
+        if data is None:
+            return None
+        ends = prefilter.match_ends(pattern.source, data, MAX_MATCH_ENDS)
+        if ends is None:
+            return None
+        if not ends:
+            return []
+        if len(data) != len(view.text):  # non-ASCII text: byte offsets to characters
+            positions = self.positions.get(key)
+            if positions is None:
+                positions = self.positions[key] = Utf8Positions(view.text)
+            ends = [positions.chars(end) for end in ends]
+        width = pattern.max_width if pattern.max_width is not None else REGEX_WINDOW
+        return _merged(((end - width, end) for end in ends), len(view.text))
 
     def _accept(self, match: Any, pattern: Pattern, leaf: RegexLeaf) -> tuple[int, int] | None:
         """The evidence span of a match, or None if the leaf's validator rejects it."""
@@ -590,19 +618,23 @@ def _at_starts(
 
 
 def _in_windows(
-    compiled: Any, text: str, windows: list[tuple[int, int]], timeout: float
+    compiled: Any, text: str, windows: list[tuple[int, int]], reach: int, timeout: float
 ) -> Iterator[Any]:
-    """Matches found inside windows around required literals, left to right.
+    """Matches found inside windows, left to right.
 
-    A match that reaches a window's end is matched again from its start over
-    the whole text, so the window's edge never shapes a match.
+    Each window is searched with ``reach`` more characters after it, so the
+    pattern's look-aheads and word boundaries read what follows a match. A
+    match that ends so close to the searched text's end that they may have
+    been cut short is matched again from its start over the whole text: the
+    window's edge never shapes a match.
     """
     resume = 0
     size = len(text)
     for low, high in windows:
-        for found in compiled.finditer(text, max(low, resume), high, timeout=timeout):
+        stop = min(size, high + reach)
+        for found in compiled.finditer(text, max(low, resume), stop, timeout=timeout):
             match = found
-            if found.end() >= high and high < size:
+            if found.end() + reach >= stop and stop < size:
                 match = compiled.match(text, found.start(), timeout=timeout)
                 if match is None:
                     continue
@@ -617,9 +649,12 @@ def _windows(
 
     Every match holds a literal of each gate set; windows are taken around the
     occurrences of the set seen least often, ``max_width`` wide on each side
-    (``REGEX_WINDOW`` when the pattern's width is unbounded), and merged.
+    (``REGEX_WINDOW`` when the pattern's width is unbounded), and merged. A
+    pattern whose look-aheads read without bound runs over the whole view.
     """
     gate = pattern.gate
+    if pattern.reach is None:
+        return None
     if gate.kind == "ac":
         sets, recorded = gate.sets, True
     elif gate.kind == "substring":
@@ -641,9 +676,18 @@ def _windows(
                 best = spans
     if best is None:
         return None
+    return _merged(
+        ((start - width, end + width) for start, end in (from_kw.span(s, e) for s, e in best)),
+        size,
+    )
+
+
+def _merged(windows: Iterable[tuple[int, int]], size: int) -> list[tuple[int, int]] | None:
+    """The windows clipped to the text, sorted and merged; None if they cover most of it
+    (one run over the whole text then costs less)."""
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(from_kw.span(s, e) for s, e in best):
-        low, high = max(0, start - width), min(size, end + width)
+    for start, end in sorted(windows):
+        low, high = max(0, start), min(size, end)
         if merged and low <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:

@@ -464,7 +464,14 @@ class _Loader:
         secret: str | int = "secret" if "secret" in compiled.groupindex else 0
         check: str | int = secret if secret else (1 if compiled.groups else 0)
         pattern = Pattern(
-            source, compiled, info.gate, secret, check, info.largest_repeat, info.max_width
+            source,
+            compiled,
+            info.gate,
+            secret,
+            check,
+            info.largest_repeat,
+            info.max_width,
+            info.reach,
         )
         return pattern, None
 

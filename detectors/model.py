@@ -92,6 +92,9 @@ class Pattern:
     largest_repeat: int | None = None
     # Longest possible match (None: unbounded or unknown).
     max_width: int | None = None
+    # How far past a match's end its look-aheads and word boundaries read
+    # (None: unbounded or unknown).
+    reach: int | None = None
 
 
 @dataclass(frozen=True, eq=False, slots=True)

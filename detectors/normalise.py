@@ -144,7 +144,7 @@ _FOLD_TABLE = _build_fold_table()
 # Characters whose fold is not exactly one character (deleted or expanded).
 _IRREGULAR_RE = re.compile(_char_class(cp for cp, v in _FOLD_TABLE.items() if len(v) != 1))
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
-_RARE_WS_RE = re.compile("[\x0b\x0c\x1c-\x1f]")
+_ASCII_WS = "\n\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() accepts in ASCII, but " "
 _MULTI_SPACE_RE = re.compile(" {2,}")
 
 # ---------------------------------------------------------------- payload detection
@@ -321,11 +321,9 @@ class Normalised:
 
 def _spaced(text: str) -> str:
     """ASCII whitespace turned into spaces, one for one (str.replace is fastest here)."""
-    for ch in "\n\t\r":
+    for ch in _ASCII_WS:
         if ch in text:
             text = text.replace(ch, " ")
-    if _RARE_WS_RE.search(text) is not None:
-        text = _RARE_WS_RE.sub(" ", text)
     return text
 
 
@@ -333,7 +331,10 @@ def _collapse(text: str) -> View:
     spaced = _spaced(text)
     if "  " not in spaced:
         return View(spaced, IDENTITY)
-    return View(_MULTI_SPACE_RE.sub(" ", spaced), LazyCollapse(spaced))
+    collapsed = spaced
+    while "  " in collapsed:  # halves every run of spaces: a few passes at memory speed
+        collapsed = collapsed.replace("  ", " ")
+    return View(collapsed, LazyCollapse(spaced))
 
 
 def _fold_char(ch: str) -> str:

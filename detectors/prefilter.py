@@ -1,4 +1,5 @@
-"""Per-pattern Hyperscan prefilters: skip a regex run that cannot match.
+"""Per-pattern Hyperscan prefilters: skip a regex run that cannot match, and
+narrow the one that can to where its matches end.
 
 The literal gates of :mod:`detectors.matcher` decide which regexes *may* match
 a text from the literals it holds; for common words they pass often while the
@@ -8,14 +9,17 @@ prefilter mode answers the same question from the whole pattern, in C, at
 hundreds of MB/s: Hyperscan documents that a prefilter database reports a
 superset of the pattern's matches (constructs it cannot run exactly, such as
 look-arounds and back-references, are widened). So "no prefilter match" means
-the ``regex`` run would find nothing too, and findings are the same with or
-without it; only the time differs.
+the ``regex`` run would find nothing too. And since Hyperscan reports every
+offset where a match of the widened pattern ends, each real match ends at one
+of the offsets reported: the engine runs the regex only in windows before them
+(``match_ends``). Findings are the same with or without a prefilter; only the
+time differs.
 
 Compiling costs from milliseconds to about two seconds per pattern (Unicode
 classes and bounded repeats), so databases are built by one background thread
 per bank and cached on disk, keyed by the Hyperscan version, the flags and the
-pattern source. Until a pattern's database is ready, ``may_match`` says True
-and the regex runs as before. Texts where the ``regex`` package and Hyperscan
+pattern source. Until a pattern's database is ready, ``match_ends`` says
+"anywhere" and the regex runs as before. Texts where the ``regex`` package and Hyperscan
 could disagree about a character class (combining marks, which ``regex``
 counts as word characters; rare separators; case-insensitive letters outside
 ASCII that fold into ASCII; lone surrogates) are never prefiltered.
@@ -28,6 +32,7 @@ import logging
 import os
 import queue
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 # (Lone surrogates cannot be encoded to UTF-8 at all and are caught there.)
 _UNSAFE_POINTS = (0x85, 0x2028, 0x2029, 0x212A, 0x212B, 0x17F, 0x130, 0x131, 0x1E9E)
 _UNSAFE_CLASS = r"[\p{M}\x1c-\x1f" + "".join(f"\\x{{{cp:X}}}" for cp in _UNSAFE_POINTS) + "]"
+_NON_ASCII = regex.compile(r"[^\x00-\x7f]+")
 _UNSAFE = regex.compile(r"[\p{M}\x1c-\x1f" + "".join(f"\\u{cp:04X}" for cp in _UNSAFE_POINTS) + "]")
 
 
@@ -74,6 +80,34 @@ def scannable(text: str) -> bytes | None:
 
     _UNSAFE_DB.scan(data, match_event_handler=on_match, scratch=_unsafe_scratch())
     return None if unsafe else data
+
+
+class Utf8Positions:
+    """Character positions in a text of byte positions in its UTF-8 encoding."""
+
+    __slots__ = ("_byte_starts", "_runs")
+
+    def __init__(self, text: str) -> None:
+        # (byte start, byte end, char start, char length) of each run of non-ASCII characters
+        self._runs: list[tuple[int, int, int, str]] = []
+        shift = 0
+        for match in _NON_ASCII.finditer(text):
+            run = match.group()
+            size = len(run.encode("utf-8", "surrogatepass"))
+            first = match.start() + shift
+            self._runs.append((first, first + size, match.start(), run))
+            shift += size - len(run)
+        self._byte_starts = [run[0] for run in self._runs]
+
+    def chars(self, offset: int) -> int:
+        k = bisect_right(self._byte_starts, offset) - 1
+        if k < 0:
+            return offset
+        first, last, char_start, run = self._runs[k]
+        if offset >= last:
+            return char_start + len(run) + offset - last
+        head = run.encode("utf-8", "surrogatepass")[: offset - first]
+        return char_start + len(head.decode("utf-8", "ignore"))
 
 
 def _unsafe_scratch() -> Any:
@@ -133,25 +167,36 @@ class PrefilterBank:
     def ready(self, source: str) -> bool:
         return self._dbs.get(source) is not None
 
-    def may_match(self, source: str, data: bytes) -> bool:
-        """False only if the pattern provably has no match in ``data`` (see :func:`scannable`)."""
+    def match_ends(self, source: str, data: bytes, limit: int) -> list[int] | None:
+        """Byte offsets in ``data`` where a match of the pattern may end, ascending.
+
+        Hyperscan reports every offset where a match of the (widened) pattern
+        ends, so each match of the real pattern ends at one of them. An empty
+        list means the pattern provably has no match (see :func:`scannable`);
+        None means it may end anywhere: no database for it, or more than
+        ``limit`` ends (the scan stops there).
+        """
         db = self._dbs.get(source)
         if db is None:
-            return True
+            return None
         scratches: dict[int, Any] | None = getattr(self._local, "scratches", None)
         if scratches is None:
             scratches = self._local.scratches = {}
         scratch = scratches.get(id(db))
         if scratch is None:
             scratch = scratches[id(db)] = _hs.Scratch(db)
-        found = False
+        ends: list[int] = []
 
-        def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> None:
-            nonlocal found
-            found = True
+        def on_match(pattern_id: int, start: int, end: int, flags: int, context: Any) -> bool:
+            ends.append(end)
+            return len(ends) > limit  # True stops the scan
 
-        db.scan(data, match_event_handler=on_match, scratch=scratch)
-        return found
+        try:
+            db.scan(data, match_event_handler=on_match, scratch=scratch)
+        except _hs.ScanTerminated:
+            return None
+        ends.sort()
+        return ends
 
     # ------------------------------------------------------------ building
 
@@ -212,11 +257,7 @@ class PrefilterBank:
             )
 
 
-_FLAGS = (
-    (_hs.HS_FLAG_UTF8 | _hs.HS_FLAG_UCP | _hs.HS_FLAG_PREFILTER | _hs.HS_FLAG_SINGLEMATCH)
-    if _hs is not None
-    else 0
-)
+_FLAGS = (_hs.HS_FLAG_UTF8 | _hs.HS_FLAG_UCP | _hs.HS_FLAG_PREFILTER) if _hs is not None else 0
 
 SHARED = PrefilterBank()
 

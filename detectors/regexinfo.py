@@ -77,6 +77,7 @@ class RegexInfo:
     problems: tuple[str, ...]  # backtracking hazards found statically
     largest_repeat: int | None  # the largest finite upper bound of any repeat
     max_width: int | None  # longest possible match; None if unbounded or unknown
+    reach: int | None  # how far past a match's end its assertions look; None: unbounded/unknown
 
 
 def _name(op: Any) -> str:
@@ -506,7 +507,7 @@ def gate_for(sets: Sequence[frozenset[str]], starts: tuple[str, ...] = ()) -> Ga
 def analyse(source: str) -> RegexInfo:
     tree = parse(source)
     if tree is None:
-        return RegexInfo(Gate("always"), None, (), None, None)
+        return RegexInfo(Gate("always"), None, (), None, None, None)
     icase = bool(tree.state.flags & _IGNORECASE)
     problems: list[str] = []
     _hazards(_items(tree), icase, problems)
@@ -522,6 +523,7 @@ def analyse(source: str) -> RegexInfo:
         tuple(dict.fromkeys(problems)),
         _largest_repeat(items),
         int(high) if high < _MAXREPEAT else None,
+        _reach(items),
     )
 
 
@@ -583,6 +585,41 @@ def _largest_repeat(items: Sequence[tuple[Any, Any]]) -> int:
         elif name in ("ASSERT", "ASSERT_NOT"):
             largest = max(largest, _largest_repeat(_items(av[1])))
     return largest
+
+
+# How many characters past the position they are tested at assertions may read.
+_AT_REACH = {"AT_BOUNDARY": 1, "AT_NON_BOUNDARY": 1, "AT_END": 2, "AT_END_LINE": 1}
+
+
+def _reach(items: Sequence[tuple[Any, Any]]) -> int | None:
+    """How far past a match's end its assertions may look; None if without bound."""
+    furthest = 0
+    for op, av in items:
+        name = _name(op)
+        nested: list[int | None] = []
+        if name == "AT":
+            nested.append(_AT_REACH.get(_name(av), 0))
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            inner = _reach(_items(av[1]))
+            if av[0] == 1:  # a look-ahead reads its own width, then its assertions' reach
+                high = _width(_items(av[1]))[1]
+                inner = None if inner is None or high >= _MAXREPEAT else high + inner
+            nested.append(inner)
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            nested.append(_reach(_items(av[2])))
+        elif name == "SUBPATTERN":
+            nested.append(_reach(_items(av[3])))
+        elif name == "ATOMIC_GROUP":
+            nested.append(_reach(_items(av)))
+        elif name == "BRANCH":
+            nested.extend(_reach(_items(b)) for b in av[1])
+        elif name == "GROUPREF_EXISTS":
+            nested.extend(_reach(_items(b)) for b in av[1:] if b is not None)
+        for value in nested:
+            if value is None:
+                return None
+            furthest = max(furthest, value)
+    return furthest
 
 
 # ---------------------------------------------------------------- timed check
