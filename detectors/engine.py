@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import regex
@@ -313,6 +314,7 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith((f"{root}.", f"{root}[")) for root in roots)
 
 
+@lru_cache(maxsize=4096)
 def _alone_policy(path: str) -> MlAlone | None:
     return next((policy for policy in ML_ALONE if _under(path, policy.roots)), None)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -111,6 +112,11 @@ class EndsWith(_TextTest):
         return value.endswith(want)
 
 
+_RE_TIMEOUT = 0.05
+_RE_CACHE_SIZE = 4096
+_RE_CACHED_CHARS = 256
+
+
 class Re(Modifier):
     id = "re"
 
@@ -121,7 +127,21 @@ class Re(Modifier):
             pattern = regex.compile(source, 0 if cased else regex.IGNORECASE)
         except regex.error as exc:
             raise ModifierError(f"invalid regex {source!r}: {exc}") from None
-        return lambda v: isinstance(v, str) and pattern.search(v, timeout=0.05) is not None
+
+        # Field values such as tool names repeat from event to event: remember the
+        # verdicts on short ones (a search with a timeout costs microseconds).
+        @lru_cache(maxsize=_RE_CACHE_SIZE)
+        def found(value: str) -> bool:
+            return pattern.search(value, timeout=_RE_TIMEOUT) is not None
+
+        def test(value: Scalar) -> bool:
+            if not isinstance(value, str):
+                return False
+            if len(value) <= _RE_CACHED_CHARS:
+                return found(value)
+            return pattern.search(value, timeout=_RE_TIMEOUT) is not None
+
+        return test
 
 
 class Cidr(Modifier):

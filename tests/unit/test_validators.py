@@ -44,6 +44,8 @@ MODIFIER_CASES = [
     (["contains", "cased"], ["shell"], ["SHELL"], False),
     (["startswith"], ["shell."], ["Shell.exec"], True), (["endswith"], [".exe"], ["a.EXE"], True),
     (["re"], ["^rm\\s+-rf"], ["RM -rf /"], True), (["re", "cased"], ["^rm"], ["RM"], False),
+    (["re"], ["shell$"], ["x" * 300 + "shell"], True), (["re"], ["shell$"], ["x" * 300], False),
+    (["re"], ["^4"], [42], False),  # long values (not remembered) and non-strings
     (["cidr"], ["10.0.0.0/8"], ["10.1.2.3"], True), (["cidr"], ["10.0.0.0/8"], ["11.1.2.3"], False),
     (["cidr"], ["2001:db8::/32"], ["2001:db8::1"], True),
     (["cidr"], ["10.0.0.0/8"], ["nope"], False),
