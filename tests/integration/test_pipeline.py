@@ -191,6 +191,47 @@ def assigned_partitions(worker: Any, topic: str) -> set[int]:
     return set(orjson.loads(lines[-1][len(prefix):]))
 
 
+def settled_shares(workers: list[Any], topic: str, partitions: int,
+                   timeout: float = 60.0) -> list[set[int]]:
+    """Poll the workers' latest assigned lines until each owns some partitions and together
+    they own every one exactly once (or ``timeout`` passed); return the last shares read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shares = [assigned_partitions(w, topic) for w in workers]
+        settled = all(shares) and sum(map(len, shares)) == partitions \
+            and set().union(*shares) == set(range(partitions))
+        if settled or time.monotonic() >= deadline:
+            return shares
+        time.sleep(0.3)
+
+
+def test_a_worker_taking_partitions_back_prints_its_whole_assignment(
+        settings: Settings) -> None:
+    # A second worker joins, then stops (SIGTERM): the first takes its partitions back, says
+    # so with a new assigned line, and processes them.
+    settings = settings.replace(partitions=4, stateful=False, ml=False)
+    prepare(settings)
+    topic = settings.events_topic
+    first = start_worker(settings)
+    second = None
+    try:
+        second = start_worker(settings)
+        split = settled_shares([first, second], topic, 4)
+        status = second.stop()
+        after = settled_shares([first], topic, 4)
+        values = [orjson.dumps(event(index=i, text=f"note {i}")) for i in range(40)]
+        publish(settings, values)
+        archived = wait_for_archive(settings.archive_dir, lambda rs: len(rs) >= 40, timeout=60)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert all(split) and not split[0] & split[1], split  # the second took some
+    assert status == 0
+    assert after == [set(range(4))], "\n".join(first.lines[-20:])
+    assert {r.value for r in archived} == set(values)
+
+
 def test_two_workers_share_the_stream_and_agree_with_the_offline_engine(
         settings: Settings) -> None:
     # Stateful hygiene folds repeated PII alerts per user (tested on its own): off here, so
@@ -207,13 +248,7 @@ def test_two_workers_share_the_stream_and_agree_with_the_offline_engine(
     first = start_worker(settings)
     second = start_worker(settings)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the group settles after the second join
-            shares = [assigned_partitions(w, settings.events_topic) for w in (first, second)]
-            if all(shares) and not shares[0] & shares[1] and \
-                    shares[0] | shares[1] == set(range(4)):
-                break
-            time.sleep(0.5)
+        settled_shares([first, second], settings.events_topic, 4)
         publish(settings, [orjson.dumps(e) for e in events])
         records = wait_for_archive(settings.archive_dir, lambda rs: len(rs) >= 2000, timeout=120)
         ruleset = load_rules(settings.rules)
