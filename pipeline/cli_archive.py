@@ -392,7 +392,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
         err.write("\r" + " " * 60 + "\r")
     elapsed = max(time.perf_counter() - started, 1e-9)
     cli_rules._summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed,
-                       size=size, err=err)
+                       size=size, err=err, stateful=stateful_rules)
+    cli_rules.stateful_report(stateful_rules, correlator, by_rule, err)
     if base_engine is not None:
         print(f"against the baseline: +{sum(added.values())} alerts added, "
               f"-{sum(removed.values())} removed", file=err)

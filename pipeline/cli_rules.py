@@ -216,7 +216,7 @@ def scan(
                   if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
     progress = _Progress(err, _input_size(source))
-    events = invalid = size = correlated = 0
+    events = invalid = size = 0
     by_rule: Counter[str] = Counter()
     started = time.perf_counter()
     output: BinaryIO = sys.stdout.buffer if destination == "-" else open(destination, "wb")  # noqa: SIM115
@@ -238,14 +238,10 @@ def scan(
                 output.write(orjson.dumps(build_alert(finding, event, detected_at=detected_at))
                              + b"\n")
             if correlator is not None:
-                alerts = correlator.add(event, findings)
-                correlated += len(alerts)
-                replay.emit(alerts, by_rule, output)
+                replay.emit(correlator.add(event, findings), by_rule, output)
             progress.update(events=events, alerts=sum(by_rule.values()), done_bytes=size)
         if correlator is not None:
-            alerts = correlator.finish()
-            correlated += len(alerts)
-            replay.emit(alerts, by_rule, output)
+            replay.emit(correlator.finish(), by_rule, output)
     finally:
         if output is not sys.stdout.buffer:
             output.close()
@@ -253,30 +249,34 @@ def scan(
     progress.clear()
     if invalid > _INVALID_LISTED:
         print(f"{source}: {invalid - _INVALID_LISTED} more invalid lines not listed", file=err)
-    stateful_ids = ({rule.id for rule in stateful_rules.rules} if stateful_rules is not None
-                    else set())
     _summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed, size=size, err=err,
-             stateful_ids=stateful_ids)
-    if stateful_rules is not None and correlator is not None:
-        print(_stateful_line(stateful_rules, correlator, correlated), file=err)
+             stateful=stateful_rules)
+    stateful_report(stateful_rules, correlator, by_rule, err)
     return EXIT_OK
 
 
-def _stateful_line(rules: StatefulRuleSet, correlator: replay.Correlator, alerts: int) -> str:
-    enabled = sum(1 for rule in rules.rules if rule.enabled)
-    line = (f"stateful: {enabled} rules, {alerts} alerts, {correlator.states:,} state keys at "
-            "the end")
+def stateful_report(rules: StatefulRuleSet | None, correlator: replay.Correlator | None,
+                    by_rule: Counter[str], err: TextIO) -> None:
+    """After the summary: what the stateful rules raised and kept, and the events they may
+    have missed for coming too far out of time order."""
+    if rules is None or correlator is None:
+        return
+    ids = {rule.id for rule in rules.rules if rule.enabled}
+    line = (f"stateful: {len(ids)} rules, {sum(by_rule[i] for i in ids)} alerts, "
+            f"{correlator.states:,} state keys at the end")
     if correlator.late:
-        line += (f"; {correlator.late:,} events were more than {correlator.reorder:,} events "
-                 "out of time order and were folded late (sequences and baselines may miss "
-                 "them: sort the file by ts)")
-    return line
+        were = "events were" if correlator.late != 1 else "event was"
+        line += (f"; {correlator.late:,} {were} more than {correlator.reorder:,} events out of "
+                 "time order, folded late (sequences and baselines may miss such events: sort "
+                 "the file by ts)")
+    print(line, file=err)
 
 
 def _summary(
     *, events: int, invalid: int, by_rule: Counter[str], elapsed: float, size: int, err: TextIO,
-    stateful_ids: set[str] | frozenset[str] = frozenset(),
+    stateful: StatefulRuleSet | None = None,
 ) -> None:
+    stateful_ids = {rule.id for rule in stateful.rules} if stateful is not None else set()
     print(
         f"{events} events, {invalid} invalid lines, {sum(by_rule.values())} alerts "
         f"in {elapsed:.2f}s ({events / elapsed:,.0f} events/s, "

@@ -67,12 +67,12 @@ class Correlator:
     REORDER = 10_000  # events held back to restore event-time order
 
     def __init__(self, detector: StatefulDetector, users: UserDirectory, *,
-                 reorder: int = REORDER, chunk: int = CHUNK) -> None:
+                 reorder: int | None = None, chunk: int | None = None) -> None:
         self._detector = detector
         self._context = users.get
         self._store = MemoryStore()
-        self.reorder = reorder
-        self._chunk = chunk
+        self.reorder = self.REORDER if reorder is None else reorder
+        self._chunk = self.CHUNK if chunk is None else chunk
         self._held: list[tuple[float, int, list[Observation]]] = []
         self._received = 0
         self._released = 0

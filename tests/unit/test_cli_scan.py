@@ -65,6 +65,10 @@ def hijack(seconds_later: float) -> list[dict[str, Any]]:
             tool_call(21, trace="t-h", seconds=seconds_later, name="shell.exec")]
 
 
+INJECTION, SHELL = hijack(20)
+LATER = [event(200 + i, user=f"u-later{i}", trace=f"t-l{i}", minutes=5 + i) for i in range(2)]
+
+
 def noise() -> list[dict[str, Any]]:
     return [event(100 + i, user=f"u-{i}", trace=f"t-n{i}", minutes=i) for i in range(5)]
 
@@ -237,6 +241,26 @@ def test_bad_lines_are_counted_and_the_first_twenty_listed(
     assert "5 events, 25 invalid lines" in err
 
 
+def test_events_too_far_out_of_order_are_counted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], single_rules: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Correlator, "REORDER", 1)
+    monkeypatch.setattr(Correlator, "CHUNK", 1)
+    code, alerts, err = scan(tmp_path, [SHELL, *LATER, INJECTION], capsys=capsys,
+                             rules=single_rules)
+    assert code == 0
+    assert correlated(alerts) == []
+    assert err.splitlines()[-1] == (
+        "stateful: 15 rules, 0 alerts, 4 state keys at the end; 1 event was more than 1 "
+        "events out of time order, folded late (sequences and baselines may miss such events: "
+        "sort the file by ts)")
+    monkeypatch.setattr(Correlator, "REORDER", 3)
+    _, alerts, err = scan(tmp_path, [SHELL, *LATER, INJECTION], capsys=capsys,
+                          rules=single_rules)
+    assert correlated(alerts) == [("st-agent-hijack", ["e-20", "e-21"], 1)]
+    assert "out of time order" not in err
+
+
 # -- the correlator alone: order ------------------------------------------------------------
 
 
@@ -257,8 +281,6 @@ def correlate(single_rules: Path) -> Any:
     return run
 
 
-INJECTION, SHELL = hijack(20)
-LATER = [event(200 + i, user=f"u-later{i}", trace=f"t-l{i}", minutes=5 + i) for i in range(2)]
 ORDER = [
     # (name, events in file order, reorder window, chunk, stateful alerts, events late)
     ("in order", [INJECTION, SHELL], 0, 1, ["st-agent-hijack"], 0),
