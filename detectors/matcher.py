@@ -56,6 +56,8 @@ HYPERSCAN_MAX_REPEAT = 32
 MAX_STARTS = 64  # anchored regex attempts per pattern and text before a full run
 MAX_LITERAL_ENDS = 64  # positions kept per gate literal (for windowed regex runs)
 MIN_INDEXED_CHECK = 3  # shorter check literals are looked for with a substring test
+SHORT_TEXT = 4096  # bytes of regex views up to which run gates compare with the longest token
+_SPLIT_BYTES = b" \t\n\r\x0b\x0c"  # where bytes.split() cuts
 
 # (phrase length, needs word boundary on the left, on the right, keyword leaf
 #  ids, (pattern id, gate set index) pairs, ids of patterns that start with it,
@@ -212,6 +214,15 @@ class Matcher:
             for i, p in enumerate(self.patterns)
             if p.gate.run_length
         }
+        # Run gates whose class has no ASCII character, and those without whitespace.
+        self.non_ascii_runs = frozenset(
+            i for i, (table, _) in self.run_gates.items() if b"x" not in table[:128]
+        )
+        self.unspaced_runs = frozenset(
+            i
+            for i, (table, _) in self.run_gates.items()
+            if all(table[byte] != ord("x") for byte in _SPLIT_BYTES)
+        )
         self.automaton = self._build_automaton(keyword_leaves)
         self.indexed: frozenset[str] = frozenset()
         self._literal_db: Any = self._compile_literals(cache) if use_hyperscan else None
@@ -434,18 +445,23 @@ class Matcher:
 
     def _failed_runs(self, source: Source, pattern_ids: Sequence[int]) -> list[int]:
         """Patterns whose required run of class characters occurs in no regex view."""
-        if all(view.text.isascii() for view in source.regex_views):
-            # Pure-ASCII text: runs of non-ASCII-only classes fail without looking.
-            non_ascii_only = [
-                pid for pid in pattern_ids if b"x" not in self.run_gates[pid][0][:128]
-            ]
-            if len(non_ascii_only) == len(pattern_ids):
-                return non_ascii_only
-        data = [view.text.encode("utf-8", "surrogatepass") for view in source.regex_views]
+        ascii_text = all(view.text.isascii() for view in source.regex_views)
+        data: list[bytes] | None = None
+        longest: int | None = None  # the longest token of a short text, in bytes
         marked: dict[bytes, list[bytes]] = {}
         failed: list[int] = []
         for pattern_id in pattern_ids:
+            if ascii_text and pattern_id in self.non_ascii_runs:
+                failed.append(pattern_id)  # a run of non-ASCII characters in ASCII text
+                continue
+            if data is None:
+                data = [view.text.encode("utf-8", "surrogatepass") for view in source.regex_views]
+                if sum(map(len, data)) <= SHORT_TEXT:
+                    longest = max((len(token) for d in data for token in d.split()), default=0)
             table, length = self.run_gates[pattern_id]
+            if longest is not None and length > longest and pattern_id in self.unspaced_runs:
+                failed.append(pattern_id)  # whitespace breaks such a run: no token is that long
+                continue
             views = marked.get(table)
             if views is None:
                 views = marked[table] = [d.translate(table) for d in data]
