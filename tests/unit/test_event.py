@@ -205,3 +205,23 @@ def test_validate_event_returns_the_same_object() -> None:
 
 def test_whitespace_around_the_json_is_fine() -> None:
     assert decode_event(b"  \n" + raw(event()) + b"\n", max_bytes=LIMIT)["trace_id"] == "t-1"
+
+
+# Several problems at once: the reason names the first in Event v1's table order
+# (REQUIRED, then OPTIONAL), whatever order the event's own fields come in.
+SEVERAL: list[Any] = [
+    pytest.param({"latency_ms": "slow", "session_id": 5}, "session_id", id="optional-order"),
+    pytest.param({"usage": {"prompt_tokens": -1}, "user": {"id": 1}}, "user.id",
+                 id="nested-order"),
+    pytest.param({"tags": {"a": 1}, "ts": "yesterday"}, "ts", id="required-first"),
+    pytest.param({"kind": "alert", "session_id": 5}, "kind", id="kind-before-optional"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), SEVERAL)
+def test_the_first_problem_in_table_order_is_reported(changes: dict[str, Any],
+                                                      field: str) -> None:
+    value = {**changes, **{k: v for k, v in event().items() if k not in changes}}
+    with pytest.raises(EventError) as caught:
+        validate_event(value)
+    assert caught.value.field == field
