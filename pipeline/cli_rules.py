@@ -162,7 +162,7 @@ class _Progress:
         self._on = err.isatty()
         self._started = self._last = time.perf_counter()
 
-    def update(self, *, events: int, alerts: int, done_bytes: int) -> None:
+    def update(self, *, events: int, by_rule: Counter[str], done_bytes: int) -> None:
         now = time.perf_counter()
         if not self._on or now - self._last < _PROGRESS_EVERY:
             return
@@ -172,7 +172,7 @@ class _Progress:
             share = min(done_bytes / self._total, 1.0)
             filled = round(share * self.WIDTH)
             bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:4.0%} "
-        self._err.write(f"\r{bar}{events:,} events, {alerts:,} alerts, "
+        self._err.write(f"\r{bar}{events:,} events, {sum(by_rule.values()):,} alerts, "
                         f"{events / (now - self._started):,.0f}/s ")
         self._err.flush()
 
@@ -239,7 +239,7 @@ def scan(
                              + b"\n")
             if correlator is not None:
                 replay.emit(correlator.add(event, findings), by_rule, output)
-            progress.update(events=events, alerts=sum(by_rule.values()), done_bytes=size)
+            progress.update(events=events, by_rule=by_rule, done_bytes=size)
         if correlator is not None:
             replay.emit(correlator.finish(), by_rule, output)
     finally:
