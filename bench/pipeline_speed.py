@@ -11,7 +11,9 @@ Each is fed N events as fast as the producer goes; the figure is N divided by
 the time from the first send until the last event is out (forwarded, or
 archived and its partition's closing sentinel alerted). Then publish-to-alert
 latency at a fixed rate: one event in five is an injection whose alert time
-is measured against its send time.
+is measured against its send time. Each throughput line also gives the
+worker's CPU time per event (Linux /proc): other load on a shared machine
+disturbs it much less than the rates, so compare it across runs.
 
     python bench/pipeline_speed.py [--events 20000] [--rate 1000] [--seconds 15]
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.app import READY_LINE, LlmtrailApp, Worker, faust_options
+from pipeline.app import READY_LINE, LlmtrailApp, RawSchema, Worker, faust_options
 from pipeline.broker import EmbeddedBroker
 from pipeline.demo import percentile
 from pipeline.kafka import ensure_topics, make_producer, make_reader
@@ -47,7 +49,7 @@ def serve_passthrough() -> None:
     """Worker process of the baseline: forward every event, nothing else."""
     settings = Settings.from_env()
     app = LlmtrailApp(settings, **faust_options(settings))
-    source = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
+    source = app.topic(settings.events_topic, schema=RawSchema())
     sink = settings.topic("bench.out")
     announced = False
 
@@ -119,7 +121,18 @@ async def _feed(settings: Settings, items: list[tuple[bytes, bytes]],
     return started
 
 
-def run_throughput(base: Settings, mode: str, items: list[tuple[bytes, bytes]]) -> float:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process used so far (Linux /proc), None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_throughput(base: Settings, mode: str, items: list[tuple[bytes, bytes]]
+                   ) -> tuple[float, float | None]:
+    """Events per second, and the worker's CPU microseconds per event (None without /proc)."""
     settings = fresh(base)
     asyncio.run(ensure_topics(settings))
     if mode == "passthrough":
@@ -133,7 +146,7 @@ def run_throughput(base: Settings, mode: str, items: list[tuple[bytes, bytes]]) 
         expected = len(items) + len(sentinels)
         sentinel_ids = {orjson.loads(v)["event_id"] for _, v in sentinels}
 
-        async def measure() -> float:
+        async def measure() -> tuple[float, float | None]:
             deadline = time.monotonic() + 600
             if mode == "passthrough":
                 waiter = _count_until(settings, settings.topic("bench.out"),
@@ -143,11 +156,15 @@ def run_throughput(base: Settings, mode: str, items: list[tuple[bytes, bytes]]) 
                                       lambda s: sentinel_ids <= s["ids"], deadline)
             task = asyncio.create_task(waiter)
             await asyncio.sleep(1.0)  # the reader joins before the clock starts
+            cpu_before = cpu_seconds(worker.pid)
             started = await _feed(settings, items, sentinels)
             finished = await task
             if mode == "full":
                 finished = max(finished, wait_archive(settings, expected, deadline))
-            return expected / (finished - started)
+            cpu_after = cpu_seconds(worker.pid)
+            cpu = None if cpu_before is None or cpu_after is None else \
+                (cpu_after - cpu_before) / expected * 1e6
+            return expected / (finished - started), cpu
 
         return asyncio.run(measure())
     finally:
@@ -225,6 +242,10 @@ def run_latency(base: Settings, rate: float, seconds: float, seed: int) -> list[
     return latencies
 
 
+def _cpu(micros: float | None) -> str:
+    return "" if micros is None else f"  {micros:5.0f} us CPU/event"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,11 +265,14 @@ def main() -> None:
                                  data_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "llmtrail-bench"
                                  / uuid.uuid4().hex[:8])
         print(f"{len(items)} events, mean {size:.0f} B, 1 worker, 2 partitions, embedded broker")
-        passthrough = run_throughput(base, "passthrough", items)
-        print(f"pass-through agent : {passthrough:8.0f} events/s")
-        full = run_throughput(base, "full", items)
-        print(f"full pipeline      : {full:8.0f} events/s  "
+        passthrough, passthrough_cpu = run_throughput(base, "passthrough", items)
+        print(f"pass-through agent : {passthrough:8.0f} events/s{_cpu(passthrough_cpu)}")
+        full, full_cpu = run_throughput(base, "full", items)
+        print(f"full pipeline      : {full:8.0f} events/s{_cpu(full_cpu)}  "
               f"({full * size / 1e6:.1f} MB/s)  ratio {full / passthrough:.2f} (target >= 0.70)")
+        if passthrough_cpu and full_cpu:
+            print(f"CPU per event, pass-through / full: {passthrough_cpu / full_cpu:.2f} "
+                  "(steadier than the rates on a busy machine)")
         lat = run_latency(base, args.rate, args.seconds, args.seed)
         print(f"publish-to-alert at {args.rate:.0f} events/s: n={len(lat)} "
               f"p50 {percentile(lat, 0.5) * 1000:.0f} ms  p99 {percentile(lat, 0.99) * 1000:.0f} ms"
