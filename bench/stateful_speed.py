@@ -75,12 +75,6 @@ def burst_sentinels(settings: Settings) -> tuple[list[tuple[int, bytes]], set[st
     return events, closing
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_full(base: Settings, items: list[tuple[bytes, bytes]], *,
              stateful: bool) -> tuple[float, float]:
     """Events/s and the worker's CPU microseconds per event."""
@@ -88,7 +82,7 @@ def run_full(base: Settings, items: list[tuple[bytes, bytes]], *,
     asyncio.run(ensure_topics(settings))
     worker = start_worker(settings)
     try:
-        cpu_at_start = cpu_seconds(worker.pid)
+        cpu_at_start = base_bench.cpu_seconds(worker.pid)
         sentinels = [base_bench.sentinel(settings, p) for p in range(settings.partitions)]
         wanted = {orjson.loads(v)["event_id"] for _, v in sentinels}
         if stateful:
@@ -108,7 +102,7 @@ def run_full(base: Settings, items: list[tuple[bytes, bytes]], *,
             return expected / (finished - started)
 
         rate = asyncio.run(measure())
-        return rate, (cpu_seconds(worker.pid) - cpu_at_start) / (len(items) + 1) * 1e6
+        return rate, (base_bench.cpu_seconds(worker.pid) - cpu_at_start) / (len(items) + 1) * 1e6
     finally:
         worker.stop()
 
@@ -131,7 +125,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {"passthrough": [], "off": [], "on": []}
         cpu: dict[str, list[float]] = {"off": [], "on": []}
         for _ in range(args.repeat):
-            runs["passthrough"].append(base_bench.run_throughput(base, "passthrough", items))
+            runs["passthrough"].append(base_bench.run_throughput(base, "passthrough", items)[0])
             for mode in ("off", "on"):
                 rate, per_event = run_full(base, items, stateful=mode == "on")
                 runs[mode].append(rate)
