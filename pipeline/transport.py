@@ -7,19 +7,18 @@ throughput and adding seconds of latency. Faust lets an app replace its
 transport class, so we subclass the classes involved and set the wait from
 ``LLMTRAIL_FETCH_MAX_WAIT_MS`` on the consumer before it starts.
 
-The same classes close the ways we found of losing messages when partitions
-are assigned (at every start, and at every rebalance); see
+The same classes close the ways we found of losing or stalling messages when
+partitions are assigned (at every start, and at every rebalance); see
 :class:`TunedConsumer` and :class:`KeepQueuesFlowControl`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
 
@@ -51,23 +50,6 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        """The committed offset of every assigned partition, without moving the fetcher.
-
-        aiokafka starts each new assignment at the committed offset already.
-        Seeking again, as Faust does once the assignment is done, re-reads
-        whatever was fetched in between, and those messages were delivered
-        twice. A partition without a committed offset is left out.
-        """
-        consumer = self._ensure_consumer()
-
-        async def committed() -> dict[TP, int]:
-            offsets = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
-            return {tp: offset for tp, offset in offsets.items() if offset is not None}
-
-        result: dict[TP, int] = await self.call_thread(committed)
-        return result
-
 
 class TunedConsumer(faust_aiokafka.Consumer):
     """Faust's consumer with the fetch wait set, and what a commit may claim made safe.
@@ -83,10 +65,42 @@ class TunedConsumer(faust_aiokafka.Consumer):
       starts past the committed offset, or, for a partition without one, past
       the start of its log, unless every offset in between is a known gap of
       the log.
+    * Faust drains fetched records from aiokafka before it hands them to the
+      streams, and drops what it drained when the flow or the assignment
+      changes under it (around table recovery at every start). aiokafka has
+      moved past those records, so they were never fetched again: the
+      partition stalled until the next restart. After Faust's seek to the
+      committed offsets (a real one now), each partition is sought past the
+      last message this assignment already handed to a stream, so nothing is
+      delivered twice and nothing drained is lost.
 
     What the archive already holds is dropped again by offset, so re-fetching
     costs time, never a duplicate archived event.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        deliver = self.callback
+        delivered = self._delivered
+
+        async def on_message(message: Any) -> None:
+            delivered[message.tp] = message.offset
+            await deliver(message)
+
+        self.callback = on_message
+
+    @property
+    def _delivered(self) -> dict[Any, int]:
+        """Offset of the last message handed to a stream, per partition of this assignment."""
+        delivered: dict[Any, int] | None = self.__dict__.get("_llmtrail_delivered")
+        if delivered is None:
+            delivered = self.__dict__["_llmtrail_delivered"] = {}
+        return delivered
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        for tp in revoked:  # what streams got under the old assignment they skip: fetch it again
+            self._delivered.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
 
     fetch_max_wait_ms: int = 25
 
@@ -109,6 +123,11 @@ class TunedConsumer(faust_aiokafka.Consumer):
         fresh = [tp for tp in self.assignment() if self._committed_offset[tp] is None]
         if fresh:
             self._log_start.update(await self.earliest_offsets(*fresh))
+        points = _resume_points(
+            self.assignment(), self._delivered, self._committed_offset, self._log_start
+        )
+        for tp, offset in points.items():
+            await self.seek(tp, offset)
 
     def ack(self, message: Any) -> bool:
         app = self.app
@@ -129,6 +148,32 @@ class TunedConsumer(faust_aiokafka.Consumer):
                 return None  # an offset before the acked run is still unprocessed
         result: int | None = super()._new_offset(tp)
         return result
+
+
+def _resume_points(
+    assignment: Iterable[Any],
+    delivered: Mapping[Any, int],
+    committed: Mapping[Any, int | None],
+    log_start: Mapping[Any, int],
+) -> dict[Any, int]:
+    """Where to fetch each partition from, where the committed offset is not the answer.
+
+    After the last message a stream already got, if that is past the committed
+    offset; and a partition with no committed offset (aiokafka does not seek
+    it) from the start of its log, or after what a stream got.
+    """
+    out: dict[Any, int] = {}
+    for tp in assignment:
+        start = committed.get(tp)
+        if start is None:
+            start = log_start.get(tp)
+            if start is None:
+                continue
+            out[tp] = start
+        last = delivered.get(tp)
+        if last is not None and last >= start:
+            out[tp] = last + 1
+    return out
 
 
 def _all_gaps(gaps: Any, start: int, end: int) -> bool:

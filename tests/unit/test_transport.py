@@ -15,7 +15,13 @@ import pytest
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
 
-from pipeline.transport import KeepQueuesFlowControl, TunedConsumer, _all_gaps, tuned_transport
+from pipeline.transport import (
+    KeepQueuesFlowControl,
+    TunedConsumer,
+    _all_gaps,
+    _resume_points,
+    tuned_transport,
+)
 
 EVENTS = TP("llm.events", 0)
 
@@ -142,3 +148,38 @@ def test_all_gaps(consumer: TunedConsumer, gaps: list[tuple[int, int]], start: i
     for begin, stop in gaps:
         tree.addi(begin, stop)
     assert _all_gaps(tree, start, end) is covered
+
+
+@pytest.mark.parametrize("committed, log_start, delivered, point", [
+    # (after Faust's seek to the committed offset)
+    (10, None, None, None),  # nothing with a stream yet: the committed offset it is
+    (10, None, 9, None),  # (a message of before the commit: already sought past)
+    (10, None, 10, 11),  # streams got 10..: fetch after them, nothing twice
+    (10, None, 25, 26),
+    # no committed offset: aiokafka does not seek; the start of the log, or after the streams
+    (None, 0, None, 0),
+    (None, 4, None, 4),
+    (None, 0, 7, 8),
+    (None, None, None, None),  # the start of the log unknown: left where it is
+])
+def test_a_seek_refetches_what_no_stream_got_and_nothing_twice(
+        committed: int | None, log_start: int | None, delivered: int | None,
+        point: int | None) -> None:
+    points = _resume_points(
+        [EVENTS],
+        {} if delivered is None else {EVENTS: delivered},
+        {EVENTS: committed},
+        {} if log_start is None else {EVENTS: log_start},
+    )
+    assert points.get(EVENTS) == point
+
+
+def test_deliveries_are_remembered_until_the_partition_is_revoked(
+        consumer: TunedConsumer) -> None:
+    loop = asyncio.get_event_loop()
+    loop.run_until_complete(consumer.callback(message(41, 1)))
+    loop.run_until_complete(consumer.callback(message(42, 1)))
+    assert consumer._delivered == {EVENTS: 42}
+    consumer._delivered[TP("other", 0)] = 5
+    loop.run_until_complete(consumer.on_partitions_revoked({EVENTS}))
+    assert consumer._delivered == {TP("other", 0): 5}
