@@ -240,23 +240,26 @@ def build_app(settings: Settings, engine: Engine,
                 continue
             log.warning("rules reloaded: %d rules", len(ruleset.rules))
 
+    first_assignment = asyncio.Event()
+
+    async def announce_ready() -> None:
+        # A task of its own: waiting for user context inside the rebalance callback held every
+        # rebalance of a starting worker (and a SIGTERM during it) for up to 10 s.
+        await first_assignment.wait()
+        await _wait(users_ready, 10.0)
+        print(f"{READY_LINE}: {len(users)} users, {len(engine.ruleset.rules)} rules", flush=True)
+
     app.task(follow)
     app.task(reload_rules)
-
-    announced = False
+    app.task(announce_ready)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        nonlocal announced
         assigned = args[0] if args else kwargs.get("assigned", ())
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.events_topic)
         # One line per rebalance: which event partitions this worker now owns.
         print(f"{ASSIGNED_LINE}: {settings.events_topic} {mine}", flush=True)
-        if not announced:
-            announced = True
-            await _wait(users_ready, 10.0)
-            print(f"{READY_LINE}: {len(users)} users, {len(engine.ruleset.rules)} rules",
-                  flush=True)
+        first_assignment.set()
 
     @app.on_before_shutdown.connect
     def close_archive(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
