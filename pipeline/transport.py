@@ -92,9 +92,7 @@ class TunedConsumer(faust_aiokafka.Consumer):
     @property
     def _delivered(self) -> dict[Any, int]:
         """Offset of the last message handed to a stream, per partition of this assignment."""
-        delivered: dict[Any, int] | None = self.__dict__.get("_llmtrail_delivered")
-        if delivered is None:
-            delivered = self.__dict__["_llmtrail_delivered"] = {}
+        delivered: dict[Any, int] = self.__dict__.setdefault("_llmtrail_delivered", {})
         return delivered
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
@@ -107,9 +105,7 @@ class TunedConsumer(faust_aiokafka.Consumer):
     @property
     def _log_start(self) -> dict[Any, int]:
         """First offset of the log of each assigned partition that has no committed offset."""
-        start: dict[Any, int] | None = self.__dict__.get("_llmtrail_log_start")
-        if start is None:
-            start = self.__dict__["_llmtrail_log_start"] = {}
+        start: dict[Any, int] = self.__dict__.setdefault("_llmtrail_log_start", {})
         return start
 
     def _new_consumer_thread(self) -> TunedConsumerThread:
