@@ -348,8 +348,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     removed: Counter[str] = Counter()
     examples: list[str] = []
     events = invalid = size = 0
-    progress = err.isatty()
-    started = last_report = time.perf_counter()
+    progress = cli_rules._Progress(err, None)
+    started = time.perf_counter()
     try:
         for record in open_reader(settings).iter(from_ms=from_ms, to_ms=to_ms):
             size += len(record.value)
@@ -362,11 +362,8 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
             events += 1
             detected_at = utc_now()
             findings = engine.scan(event)
-            for finding in findings:
-                by_rule[finding.rule_id] += 1
-                if output is not None:
-                    output.write(orjson.dumps(build_alert(finding, event,
-                                                          detected_at=detected_at)) + b"\n")
+            replay.emit([build_alert(f, event, detected_at=detected_at) for f in findings],
+                        by_rule, output)
             if correlator is not None:
                 replay.emit(correlator.add(event, findings), by_rule, output)
             if base_engine is not None:
@@ -377,19 +374,13 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 where = f"event {event.get('event_id')} (trace {event.get('trace_id')})"
                 examples += [f"  + {rule_id}  {where}" for rule_id in new - old]
                 examples += [f"  - {rule_id}  {where}" for rule_id in old - new]
-            now = time.perf_counter()
-            if progress and now - last_report >= cli_rules._PROGRESS_EVERY:
-                last_report = now
-                err.write(f"\r{events} events, {sum(by_rule.values())} alerts, "
-                          f"{events / (now - started):,.0f}/s ")
-                err.flush()
+            progress.update(events=events, by_rule=by_rule, done_bytes=size)
         if correlator is not None:
             replay.emit(correlator.finish(), by_rule, output)
     finally:
         if output is not None and output is not sys.stdout.buffer:
             output.close()
-    if progress:
-        err.write("\r" + " " * 60 + "\r")
+    progress.clear()
     elapsed = max(time.perf_counter() - started, 1e-9)
     cli_rules._summary(events=events, invalid=invalid, by_rule=by_rule, elapsed=elapsed,
                        size=size, err=err, stateful=stateful_rules)

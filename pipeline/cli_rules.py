@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-import orjson
-
 from detectors import RuleSet, RuleSetError, build_alert, load_rules, run_examples
 from detectors.event import EventError, decode_event
 from detectors.prefilter import SHARED
@@ -233,10 +231,8 @@ def scan(
             events += 1
             detected_at = utc_now()
             findings = engine.scan(event)
-            for finding in findings:
-                by_rule[finding.rule_id] += 1
-                output.write(orjson.dumps(build_alert(finding, event, detected_at=detected_at))
-                             + b"\n")
+            replay.emit([build_alert(f, event, detected_at=detected_at) for f in findings],
+                        by_rule, output)
             if correlator is not None:
                 replay.emit(correlator.add(event, findings), by_rule, output)
             progress.update(events=events, by_rule=by_rule, done_bytes=size)
