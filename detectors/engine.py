@@ -48,8 +48,8 @@ from detectors.model import (
     ValueLeaf,
     iter_nodes,
 )
-from detectors.normalise import Limits, Normalised, SpanMap, View, normalise
-from detectors.prefilter import SHARED, PrefilterBank, Utf8Positions, scannable
+from detectors.normalise import Limits, Normalised, SpanMap, Utf8Positions, View, normalise
+from detectors.prefilter import SHARED, PrefilterBank, scannable
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000

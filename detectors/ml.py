@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.findings import Evidence, Finding, excerpt
-from detectors.normalise import Limits, Normalised, Source, normalise
+from detectors.normalise import Limits, Normalised, Source, Utf8Positions, normalise
 
 MODEL_FORMAT = "llmtrail.ml-model"
 MODEL_VERSION = 1
@@ -374,15 +374,16 @@ class Classifier:
         stride = self._stride
         for t, view in enumerate(views):
             mine = logits[text_blocks[t] : text_blocks[t + 1]]
-            encoded = view.encode("utf-8", "surrogatepass")
+            size = len(view.encode("utf-8", "surrogatepass"))
+            positions = Utf8Positions(view)
             scores = {}
             spans = {}
             for k, label in enumerate(LABELS):
                 block = int(np.argmax(mine[:, k]))
                 scores[label] = float(1.0 / (1.0 + np.exp(-mine[block, k])))
                 start = max(block * stride - PAD, 0)
-                end = max(min(block * stride + 2 * stride - PAD, len(encoded)), start)
-                spans[label] = (_chars(encoded, start), _chars(encoded, end))
+                end = max(min(block * stride + 2 * stride - PAD, size), start)
+                spans[label] = (positions.chars(start), positions.chars(end))
             out.append(Scores(scores, spans))
         return out
 
@@ -448,8 +449,3 @@ _TITLES = {
     "prompt_injection": "ML classifier: likely prompt injection",
     "jailbreak": "ML classifier: likely jailbreak attempt",
 }
-
-
-def _chars(encoded: bytes, offset: int) -> int:
-    """Character offset of byte ``offset`` of a UTF-8 text (a split character counts as before)."""
-    return len(encoded[:offset].decode("utf-8", "ignore"))

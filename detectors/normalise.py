@@ -233,6 +233,34 @@ class EditMap:
         return self._char(start)[0], self._char(end - 1)[1]
 
 
+class Utf8Positions:
+    """Character positions in a text of byte positions in its UTF-8 encoding."""
+
+    __slots__ = ("_byte_starts", "_runs")
+
+    def __init__(self, text: str) -> None:
+        # (byte start, byte end, character start, the run) of each run of non-ASCII characters
+        self._runs: list[tuple[int, int, int, str]] = []
+        shift = 0
+        for match in _NON_ASCII_RE.finditer(text):
+            run = match.group()
+            size = len(run.encode("utf-8", "surrogatepass"))
+            first = match.start() + shift
+            self._runs.append((first, first + size, match.start(), run))
+            shift += size - len(run)
+        self._byte_starts = [run[0] for run in self._runs]
+
+    def chars(self, offset: int) -> int:
+        k = bisect_right(self._byte_starts, offset) - 1
+        if k < 0:
+            return offset
+        first, last, char_start, run = self._runs[k]
+        if offset >= last:
+            return char_start + len(run) + offset - last
+        head = run.encode("utf-8", "surrogatepass")[: offset - first]
+        return char_start + len(head.decode("utf-8", "ignore"))
+
+
 class Composed:
     __slots__ = ("_inner", "_outer")
 

@@ -32,7 +32,6 @@ import logging
 import os
 import queue
 import threading
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ except ImportError:  # pragma: no cover - depends on the platform
 # (Lone surrogates cannot be encoded to UTF-8 at all and are caught there.)
 _UNSAFE_POINTS = (0x85, 0x2028, 0x2029, 0x212A, 0x212B, 0x17F, 0x130, 0x131, 0x1E9E)
 _UNSAFE_CLASS = r"[\p{M}\x1c-\x1f" + "".join(f"\\x{{{cp:X}}}" for cp in _UNSAFE_POINTS) + "]"
-_NON_ASCII = regex.compile(r"[^\x00-\x7f]+")
 _UNSAFE = regex.compile(r"[\p{M}\x1c-\x1f" + "".join(f"\\u{cp:04X}" for cp in _UNSAFE_POINTS) + "]")
 
 
@@ -80,34 +78,6 @@ def scannable(text: str) -> bytes | None:
 
     _UNSAFE_DB.scan(data, match_event_handler=on_match, scratch=_unsafe_scratch())
     return None if unsafe else data
-
-
-class Utf8Positions:
-    """Character positions in a text of byte positions in its UTF-8 encoding."""
-
-    __slots__ = ("_byte_starts", "_runs")
-
-    def __init__(self, text: str) -> None:
-        # (byte start, byte end, char start, char length) of each run of non-ASCII characters
-        self._runs: list[tuple[int, int, int, str]] = []
-        shift = 0
-        for match in _NON_ASCII.finditer(text):
-            run = match.group()
-            size = len(run.encode("utf-8", "surrogatepass"))
-            first = match.start() + shift
-            self._runs.append((first, first + size, match.start(), run))
-            shift += size - len(run)
-        self._byte_starts = [run[0] for run in self._runs]
-
-    def chars(self, offset: int) -> int:
-        k = bisect_right(self._byte_starts, offset) - 1
-        if k < 0:
-            return offset
-        first, last, char_start, run = self._runs[k]
-        if offset >= last:
-            return char_start + len(run) + offset - last
-        head = run.encode("utf-8", "surrogatepass")[: offset - first]
-        return char_start + len(head.decode("utf-8", "ignore"))
 
 
 def _unsafe_scratch() -> Any:

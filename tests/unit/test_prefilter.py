@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from detectors import Engine, load_rules
-from detectors.prefilter import PrefilterBank, Utf8Positions, scannable
+from detectors.normalise import Utf8Positions
+from detectors.prefilter import PrefilterBank, scannable
 from pipeline.synth import generate_events
 
 pytestmark = pytest.mark.skipif(not PrefilterBank.available(), reason="needs hyperscan")
