@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.normalise import fold_keyword, normalise, stable_pieces
+from detectors.normalise import fold_keyword, non_ascii_runs, normalise, stable_pieces
 
 
 def find(text: str, phrase: str) -> str | None:
@@ -75,6 +75,37 @@ def test_signal_spans_are_original_offsets() -> None:
     assert text[start:end] == "p\u0430ypal"
     (start, end), *_ = norm.signals["hidden_unicode"]
     assert text[start:end] == "\u200b"
+
+
+def test_every_invisible_run_is_a_signal_span() -> None:
+    text = "ok a\u200b\u00e9\u200bb and c\u202ed"
+    spans = normalise(text).signals["hidden_unicode"]
+    assert [text[start:end] for start, end in spans] == ["\u200b", "\u200b", "\u202e"]
+
+
+@pytest.mark.parametrize(
+    ("text", "gap", "runs"),
+    [("plain", 0, []), ("", 0, []), ("caf\u00e9 na\u00efve", 0, [(3, 4), (7, 8)]),
+     ("\u00e9\u00e9x\U0001f600", 0, [(0, 2), (3, 4)]), ("a\udc80b", 0, [(1, 2)]),
+     ("caf\u00e9 na\u00efve", 3, [(3, 4), (7, 8)]), ("caf\u00e9 na\u00efve", 4, [(3, 8)])],
+)  # fmt: skip
+def test_non_ascii_runs(text: str, gap: int, runs: list[tuple[int, int]]) -> None:
+    assert non_ascii_runs(text, gap) == runs
+
+
+ENCODED = [
+    ("padding kept", "x aWdub3JlIHByZXZpb3Vz== y", "aWdub3JlIHByZXZpb3Vz=="),
+    ("at most two padding characters", "aWdub3JlIHByZXZpb3Vz===", "aWdub3JlIHByZXZpb3Vz=="),
+    ("after non-ASCII text", "\u00e9\u00e9 aWdub3JlIHByZXZpb3Vz \u00e9", "aWdub3JlIHByZXZpb3Vz"),
+    ("at the very end", "see:aWdub3JlIHByZXZpb3Vz", "aWdub3JlIHByZXZpb3Vz"),
+    ("hex after a short run", "abc 69676e6f72652070726576696f75", "69676e6f72652070726576696f75"),
+]
+
+
+@pytest.mark.parametrize(("text", "run"), [c[1:] for c in ENCODED], ids=[c[0] for c in ENCODED])
+def test_encoded_run_spans(text: str, run: str) -> None:
+    norm = normalise(text)
+    assert [text[s.origin[0] : s.origin[1]] for s in norm.sources[1:] if s.origin] == [run]
 
 
 def test_ascii_fast_path_keeps_one_view() -> None:
