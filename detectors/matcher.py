@@ -285,6 +285,12 @@ class Matcher:
                         known.add(literal)
                         self._entries.append((len(literal), False, False, (), (), (), literal))
         self.indexed = frozenset(entry[-1] for entry in self._entries)
+        # Per literal id, for the Hyperscan pass: the literal itself, the patterns
+        # whose gate it passes alone (one set), and (pattern, bit) of the others.
+        self._keys = [entry[-1] for entry in self._entries]
+        full = self.full_masks
+        self._passes = [tuple(p for p, _ in e[4] if full[p] == 1) for e in self._entries]
+        self._bits = [tuple((p, 1 << i) for p, i in e[4] if full[p] != 1) for e in self._entries]
         if not self._entries:
             return None
         expressions = [entry[-1].encode("utf-8", "surrogatepass") for entry in self._entries]
@@ -357,15 +363,17 @@ class Matcher:
         self._literal_db.scan(
             text.encode("utf-8", "surrogatepass"), match_event_handler=on_match, scratch=scratch
         )
-        entries = self._entries
-        present = frozenset(entries[i][-1] for i in seen)
+        entries, passes, bits = self._entries, self._passes, self._bits
+        present = frozenset(map(self._keys.__getitem__, seen))
         result = KeywordScan(text, {}, set(), present, self.indexed, self.start_literals)
+        gated = result.gated
         masks: dict[int, int] = {}
         by_leaf: dict[int, list[tuple[int, int]]] = {}
         for literal_id in seen:
-            length, left, right, kw_ids, gate_refs, _, key = entries[literal_id]
-            for pattern_id, set_index in gate_refs:
-                masks[pattern_id] = masks.get(pattern_id, 0) | (1 << set_index)
+            gated.update(passes[literal_id])
+            for pattern_id, bit in bits[literal_id]:
+                masks[pattern_id] = masks.get(pattern_id, 0) | bit
+            length, left, right, kw_ids, _, _, key = entries[literal_id]
             if kw_ids:
                 spans: list[tuple[int, int]] = []
                 position = text.find(key)
@@ -380,7 +388,7 @@ class Matcher:
                 ends_starts.sort()
                 result.spans[leaf_id] = [(s, e) for e, s in ends_starts[:MAX_SPANS_PER_KEYWORD]]
         full = self.full_masks
-        result.gated = {pid for pid, mask in masks.items() if mask == full[pid]}
+        gated.update(pid for pid, mask in masks.items() if mask == full[pid])
         return result
 
     def _scratch(self) -> Any:
@@ -457,7 +465,7 @@ class Matcher:
             if data is None:
                 data = [view.text.encode("utf-8", "surrogatepass") for view in source.regex_views]
                 if sum(map(len, data)) <= SHORT_TEXT:
-                    longest = max((len(token) for d in data for token in d.split()), default=0)
+                    longest = max(max(map(len, d.split()), default=0) for d in data)
             table, length = self.run_gates[pattern_id]
             if longest is not None and length > longest and pattern_id in self.unspaced_runs:
                 failed.append(pattern_id)  # whitespace breaks such a run: no token is that long

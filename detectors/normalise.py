@@ -161,14 +161,16 @@ def _note_run(error: UnicodeError) -> tuple[str, int]:
     return "", error.end
 
 
-codecs.register_error("llmtrail.non-ascii-runs", _note_run)
+# A name of this module's own: a second copy of the module (a reload) keeps its sink.
+_RUN_HANDLER = f"llmtrail.non-ascii-runs.{id(_RUN_SINK):x}"
+codecs.register_error(_RUN_HANDLER, _note_run)
 
 
 def non_ascii_runs(text: str, gap: int = 0) -> list[tuple[int, int]]:
     """Spans of the runs of non-ASCII characters, those less than ``gap`` apart merged."""
     runs: list[tuple[int, int]] = []
     _RUN_SINK.runs = runs
-    text.encode("ascii", "llmtrail.non-ascii-runs")
+    text.encode("ascii", _RUN_HANDLER)
     if gap <= 0 or len(runs) < 2:
         return runs
     merged = [runs[0]]
