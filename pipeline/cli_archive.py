@@ -20,7 +20,6 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from detectors import build_alert
 from detectors.event import EventError, decode_event
 from detectors.stateful import StatefulDetector
 from pipeline import cli_rules, replay
@@ -50,7 +49,6 @@ from pipeline.archive.store import ArchiveStore
 from pipeline.archive.traceindex import may_contain
 from pipeline.archive.verify import verify
 from pipeline.detection import build_engine
-from pipeline.process import utc_now
 from pipeline.settings import Settings, SettingsError
 from pipeline.users import enrich
 
@@ -360,12 +358,7 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
                 invalid += 1
                 continue
             events += 1
-            detected_at = utc_now()
-            findings = engine.scan(event)
-            replay.emit([build_alert(f, event, detected_at=detected_at) for f in findings],
-                        by_rule, output)
-            if correlator is not None:
-                replay.emit(correlator.add(event, findings), by_rule, output)
+            findings = replay.detect(engine, event, correlator, by_rule, output)
             if base_engine is not None:
                 new = Counter(f.rule_id for f in findings)
                 old = Counter(f.rule_id for f in base_engine.scan(event))

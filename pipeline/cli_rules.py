@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from detectors import RuleSet, RuleSetError, build_alert, load_rules, run_examples
+from detectors import RuleSet, RuleSetError, load_rules, run_examples
 from detectors.event import EventError, decode_event
 from detectors.prefilter import SHARED
 from detectors.stateful import (
@@ -28,7 +28,6 @@ from detectors.stateful import (
 from pipeline import replay
 from pipeline.detection import build_engine
 from pipeline.lines import read_lines
-from pipeline.process import utc_now
 from pipeline.settings import Settings
 from pipeline.users import enrich
 
@@ -229,12 +228,7 @@ def scan(
                     print(f"{source}:{number}: invalid event: {exc.reason}", file=err)
                 continue
             events += 1
-            detected_at = utc_now()
-            findings = engine.scan(event)
-            replay.emit([build_alert(f, event, detected_at=detected_at) for f in findings],
-                        by_rule, output)
-            if correlator is not None:
-                replay.emit(correlator.add(event, findings), by_rule, output)
+            replay.detect(engine, event, correlator, by_rule, output)
             progress.update(events=events, by_rule=by_rule, done_bytes=size)
         if correlator is not None:
             replay.emit(correlator.finish(), by_rule, output)

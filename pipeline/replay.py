@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from detectors import Finding
+from detectors import Engine, Finding, build_alert
 from detectors.stateful import MemoryStore, Observation, StatefulDetector, findings_of
 from detectors.stateful.hygiene import sweep, watermark_key
 from detectors.stateful.store import BatchState, expired
@@ -52,6 +52,18 @@ def emit(alerts: list[dict[str, Any]], by_rule: Counter[str], output: BinaryIO |
         by_rule[str(alert["rule_id"])] += 1
         if output is not None:
             output.write(orjson.dumps(alert) + b"\n")
+
+
+def detect(engine: Engine, event: Mapping[str, Any], correlator: Correlator | None,
+           by_rule: Counter[str], output: BinaryIO | None) -> list[Finding]:
+    """Scan one enriched event; write its alerts, and those the stateful rules raise on it.
+    Returns the engine's findings."""
+    detected_at = utc_now()
+    findings = engine.scan(event)
+    emit([build_alert(f, event, detected_at=detected_at) for f in findings], by_rule, output)
+    if correlator is not None:
+        emit(correlator.add(event, findings), by_rule, output)
+    return findings
 
 
 class Correlator:
