@@ -41,7 +41,7 @@ import ahocorasick
 
 from detectors.model import KeywordLeaf, Pattern
 from detectors.normalise import Source
-from detectors.prefilter import PrefilterBank
+from detectors.prefilter import PrefilterBank, hyperscan_expression
 
 _hs: Any
 try:  # Hyperscan is optional: x86-64 wheels only
@@ -162,7 +162,7 @@ def _compile_hyperscan(
     def build(chosen: Sequence[int]) -> Any:
         db = _hs.Database()
         db.compile(
-            expressions=[patterns[i].source.encode("utf-8") for i in chosen],
+            expressions=[hyperscan_expression(patterns[i].source) for i in chosen],
             ids=list(chosen),
             elements=len(chosen),
             flags=[flags] * len(chosen),

@@ -56,6 +56,22 @@ _UNSAFE_CLASS = r"[\p{M}\x1c-\x1f" + "".join(f"\\x{{{cp:X}}}" for cp in _UNSAFE_
 _UNSAFE = regex.compile(r"[\p{M}\x1c-\x1f" + "".join(f"\\u{cp:04X}" for cp in _UNSAFE_POINTS) + "]")
 
 
+# The regex package's \uXXXX and \UXXXXXXXX escapes, which Hyperscan (PCRE syntax)
+# spells \x{...}; an escaped backslash is consumed first so "\\u0041" stays as it is.
+_PY_ESCAPE = regex.compile(r"\\\\|\\u([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})")
+
+
+def hyperscan_expression(source: str) -> bytes:
+    """A rule regex as Hyperscan takes it: UTF-8, with Python-only escapes in PCRE syntax."""
+
+    def pcre(match: regex.Match[str]) -> str:
+        code = match.group(1) or match.group(2)
+        return match.group() if code is None else f"\\x{{{int(code, 16):X}}}"
+
+    pcre_source: str = _PY_ESCAPE.sub(pcre, source)
+    return pcre_source.encode("utf-8")
+
+
 def default_cache_dir() -> Path:
     """Where compiled prefilters are kept: $XDG_CACHE_HOME/llmtrail/hyperscan or ~/.cache/..."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -201,7 +217,7 @@ class PrefilterBank:
     def _load_or_compile(self, source: str) -> Any:
         def build() -> Any:
             db = _hs.Database()
-            expression = source.encode("utf-8")
+            expression = hyperscan_expression(source)
             db.compile(expressions=[expression], ids=[0], elements=1, flags=[_FLAGS])
             return db
 

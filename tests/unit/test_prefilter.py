@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from detectors import Engine, load_rules
+from detectors.model import RegexLeaf, iter_nodes
 from detectors.normalise import Utf8Positions
 from detectors.prefilter import PrefilterBank, scannable
 from pipeline.synth import generate_events
@@ -57,6 +58,10 @@ def ready_bank(tmp_path: Path, sources: list[str]) -> PrefilterBank:
         (r"\bcaf\w\b", "un café noir", [8]),  # Unicode word characters; a byte offset
         (r"\bab\b", "ab ab ab ab", [2, 5, 8, 11]),  # every end, in order
         (r"\bab\b", "ab ab ab ab ab", None),  # more than the limit: anywhere
+        # the regex package's \u and \U escapes, which Hyperscan spells \x{...}
+        ("[\\U000E0041-\\U000E007A]{2,}", "a\U000e0068\U000e0069 b", [9]),
+        ("[\\u0430-\\u044f]+ x", "\u0434\u0430 x", [6]),
+        ("a\\\\u0041", "a\\u0041", [7]),  # an escaped backslash, then the letters u0041
     ],
 )
 def test_match_ends(tmp_path: Path, pattern: str, text: str, ends: list[int] | None) -> None:
@@ -68,7 +73,7 @@ def test_match_ends(tmp_path: Path, pattern: str, text: str, ends: list[int] | N
 
 
 def test_refused_or_unknown_pattern_may_end_anywhere(tmp_path: Path) -> None:
-    refused = r"[\U000E0001-\U000E007F]{3,}"  # Hyperscan refuses \U in a class
+    refused = r"\N{EM DASH}+"  # Hyperscan does not know named characters
     bank = ready_bank(tmp_path, [refused])
     assert not bank.ready(refused)
     assert bank.match_ends(refused, b"anything", 8) is None
@@ -124,6 +129,22 @@ def test_warm_prefilters_change_no_finding(tmp_path: Path, packs: list[Path]) ->
     expected = python.scan_batch(events)
     assert hyper.scan_batch(events) == expected
     assert sum(map(len, expected)) > 0  # the stream does exercise these rules
+
+
+def test_every_shipped_regex_gets_a_prefilter(tmp_path: Path) -> None:
+    """A shipped pattern Hyperscan refuses would run over every text its gate lets by."""
+    ruleset = load_rules([RULES])
+    bank = PrefilterBank(tmp_path / "cache")
+    assert Engine(ruleset, prefilter=bank).warm(600)
+    sources = {
+        pattern.source
+        for rule in ruleset.rules
+        for root in (rule.condition, *rule.exceptions)
+        for node in iter_nodes(root)
+        if isinstance(node, RegexLeaf)
+        for pattern in node.patterns
+    }
+    assert [source for source in sorted(sources) if not bank.ready(source)] == []
 
 
 # Patterns whose matches need what follows them (a word boundary after a
