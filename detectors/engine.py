@@ -18,6 +18,7 @@ odd input: what is missing or of the wrong type is skipped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -63,6 +64,16 @@ MAX_HITS_PER_PATTERN = 16
 REGEX_WINDOW = 2000
 # Match ends a prefilter reports before the regex runs over the whole text instead.
 MAX_MATCH_ENDS = 256
+# Field texts recur: chat history re-sent with every turn, system prompts, tool
+# names and endpoints, enum-like arguments. The normalised views, literal pass
+# and regex candidates of the most recent texts up to RECENT_MAX_CHARS long are
+# kept per event kind (RECENT_TEXTS of them, least recently used dropped first).
+# A text is kept the second time it is seen among the last RECENT_SEEN: keeping
+# every text would make the garbage collector walk thousands of objects that a
+# stream of unique texts never uses again.
+RECENT_TEXTS = 2048
+RECENT_SEEN = 16384
+RECENT_MAX_CHARS = 4096
 _NO_PAYLOADS = Limits(max_payloads=0)
 
 
@@ -111,6 +122,24 @@ class _Plan:
     by_pattern: Mapping[int, tuple[int, ...]]
     by_signal: Mapping[str, tuple[int, ...]]
     unconditional: tuple[int, ...]  # patterns with no automaton gate, outside Hyperscan
+    # text -> what _prepare found in it (views, scans, candidates, triggered rules)
+    recent: dict[str, _Prepared] = field(default_factory=dict)
+    # hashes of texts seen once lately (ints only: the collector never scans it)
+    seen: dict[int, None] = field(default_factory=dict)
+
+
+def _keep(table: dict[Any, Any], key: Any, value: Any, capacity: int) -> None:
+    """Add to an insertion-ordered table, dropping its oldest entry when full."""
+    if len(table) >= capacity:
+        del table[next(iter(table))]
+    table[key] = value
+
+
+class _Prepared(NamedTuple):
+    norm: Normalised
+    scans: list[KeywordScan]
+    candidates: list[set[int]]
+    triggered: frozenset[int]
 
 
 class _Program:
@@ -155,6 +184,7 @@ class _Program:
         if self.prefilter is not None:
             self.prefilter.prepare(p.source for p in patterns)
         self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
+        self._recent_lock = threading.Lock()  # guards the plans' recent and seen tables
         self.regex_timeouts = 0
 
     @staticmethod
@@ -216,8 +246,30 @@ class _Program:
                     found[path] = _Field(path, text[:limit], bit)
         return list(found.values())
 
-    def _prepare(self, item: _Field, plan: _Plan) -> set[int]:
+    def _prepare(self, item: _Field, plan: _Plan) -> frozenset[int]:
         """Normalise and pre-scan one field; return the rule indexes it triggers."""
+        text = item.text
+        if len(text) > RECENT_MAX_CHARS:
+            return self._prepare_anew(item, plan)
+        with self._recent_lock:
+            known = plan.recent.pop(text, None)
+            if known is not None:
+                plan.recent[text] = known  # the most recently used last
+        if known is not None:
+            item.norm, item.scans, item.candidates = known.norm, known.scans, known.candidates
+            return known.triggered
+        triggered = self._prepare_anew(item, plan)
+        key = hash(text)
+        with self._recent_lock:
+            if key in plan.seen:  # the second time in a while: worth keeping
+                assert item.norm is not None
+                known = _Prepared(item.norm, item.scans, item.candidates, triggered)
+                _keep(plan.recent, text, known, RECENT_TEXTS)
+            else:
+                _keep(plan.seen, key, None, RECENT_SEEN)
+        return triggered
+
+    def _prepare_anew(self, item: _Field, plan: _Plan) -> frozenset[int]:
         norm = normalise(item.text, limits=self.options.limits)
         item.norm = norm
         triggered: set[int] = set()
@@ -234,7 +286,7 @@ class _Program:
                 triggered.update(plan.by_pattern.get(pattern_id, ()))
         for signal in norm.signals:
             triggered.update(plan.by_signal.get(signal, ()))
-        return triggered
+        return frozenset(triggered)
 
     def scan_many(self, events: Sequence[Mapping[str, Any]], salt: bytes) -> list[list[Finding]]:
         """Findings per event; the classifier, if any, scores the whole batch in one pass."""
