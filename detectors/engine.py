@@ -18,7 +18,6 @@ odd input: what is missing or of the wrong type is skipped.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -51,6 +50,7 @@ from detectors.model import (
 )
 from detectors.normalise import Limits, Normalised, SpanMap, Utf8Positions, View, normalise
 from detectors.prefilter import SHARED, PrefilterBank, scannable
+from detectors.recent import RECENT_MAX_CHARS, RECENT_SEEN, Recent
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000
@@ -64,16 +64,9 @@ MAX_HITS_PER_PATTERN = 16
 REGEX_WINDOW = 2000
 # Match ends a prefilter reports before the regex runs over the whole text instead.
 MAX_MATCH_ENDS = 256
-# Field texts recur: chat history re-sent with every turn, system prompts, tool
-# names and endpoints, enum-like arguments. The normalised views, literal pass
-# and regex candidates of the most recent texts up to RECENT_MAX_CHARS long are
-# kept per event kind (RECENT_TEXTS of them, least recently used dropped first).
-# A text is kept the second time it is seen among the last RECENT_SEEN: keeping
-# every text would make the garbage collector walk thousands of objects that a
-# stream of unique texts never uses again.
+# What normalising and pre-scanning found in recurring field texts is kept per
+# event kind (see detectors.recent): this many texts.
 RECENT_TEXTS = 2048
-RECENT_SEEN = 16384
-RECENT_MAX_CHARS = 4096
 _NO_PAYLOADS = Limits(max_payloads=0)
 
 
@@ -122,17 +115,10 @@ class _Plan:
     by_pattern: Mapping[int, tuple[int, ...]]
     by_signal: Mapping[str, tuple[int, ...]]
     unconditional: tuple[int, ...]  # patterns with no automaton gate, outside Hyperscan
-    # text -> what _prepare found in it (views, scans, candidates, triggered rules)
-    recent: dict[str, _Prepared] = field(default_factory=dict)
-    # hashes of texts seen once lately (ints only: the collector never scans it)
-    seen: dict[int, None] = field(default_factory=dict)
-
-
-def _keep(table: dict[Any, Any], key: Any, value: Any, capacity: int) -> None:
-    """Add to an insertion-ordered table, dropping its oldest entry when full."""
-    if len(table) >= capacity:
-        del table[next(iter(table))]
-    table[key] = value
+    # what _prepare found in recurring texts (views, scans, candidates, triggered rules)
+    recent: Recent[_Prepared] = field(
+        default_factory=lambda: Recent(RECENT_TEXTS, RECENT_SEEN, RECENT_MAX_CHARS)
+    )
 
 
 class _Prepared(NamedTuple):
@@ -184,7 +170,6 @@ class _Program:
         if self.prefilter is not None:
             self.prefilter.prepare(p.source for p in patterns)
         self.plans = {kind: self._plan(kind, selector_bits) for kind in KINDS}
-        self._recent_lock = threading.Lock()  # guards the plans' recent and seen tables
         self.regex_timeouts = 0
 
     @staticmethod
@@ -248,25 +233,13 @@ class _Program:
 
     def _prepare(self, item: _Field, plan: _Plan) -> frozenset[int]:
         """Normalise and pre-scan one field; return the rule indexes it triggers."""
-        text = item.text
-        if len(text) > RECENT_MAX_CHARS:
-            return self._prepare_anew(item, plan)
-        with self._recent_lock:
-            known = plan.recent.pop(text, None)
-            if known is not None:
-                plan.recent[text] = known  # the most recently used last
+        known = plan.recent.get(item.text)
         if known is not None:
             item.norm, item.scans, item.candidates = known.norm, known.scans, known.candidates
             return known.triggered
         triggered = self._prepare_anew(item, plan)
-        key = hash(text)
-        with self._recent_lock:
-            if key in plan.seen:  # the second time in a while: worth keeping
-                assert item.norm is not None
-                known = _Prepared(item.norm, item.scans, item.candidates, triggered)
-                _keep(plan.recent, text, known, RECENT_TEXTS)
-            else:
-                _keep(plan.seen, key, None, RECENT_SEEN)
+        assert item.norm is not None
+        plan.recent.offer(item.text, _Prepared(item.norm, item.scans, item.candidates, triggered))
         return triggered
 
     def _prepare_anew(self, item: _Field, plan: _Plan) -> frozenset[int]:
@@ -388,11 +361,12 @@ def _classify(
     Fields of one event with the same text share its normalisation (see
     ``_scan``), so they get one verdict, reported on the first of them.
     """
-    groups: dict[int, tuple[int, list[str], Normalised]] = {}
+    groups: dict[tuple[int, int], tuple[int, list[str], Normalised]] = {}
     for index, (path, norm) in asks:
-        group = groups.get(id(norm))
+        key = (index, id(norm))  # recurring texts share a normalisation across events too
+        group = groups.get(key)
         if group is None:
-            groups[id(norm)] = (index, [path], norm)
+            groups[key] = (index, [path], norm)
         else:
             group[1].append(path)
     answers = classifier.findings_many([(paths[0], norm) for _, paths, norm in groups.values()])

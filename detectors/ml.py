@@ -48,12 +48,14 @@ import numpy.typing as npt
 
 from detectors.findings import Evidence, Finding, excerpt
 from detectors.normalise import Limits, Normalised, Source, Utf8Positions, normalise
+from detectors.recent import RECENT_MAX_CHARS, RECENT_SEEN, Recent
 
 MODEL_FORMAT = "llmtrail.ml-model"
 MODEL_VERSION = 1
 LABELS: tuple[str, ...] = ("prompt_injection", "jailbreak")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "injection-classifier.npz"
 DETECTOR = "ml"
+RECENT_VIEWS = 4096  # scores of recurring keyword views kept (see detectors.recent)
 PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, padding included
 
 _NO_PAYLOADS = Limits(max_payloads=0)
@@ -252,7 +254,8 @@ def _block_sums(hashed: Hashed, weights: F32) -> tuple[F32, I64]:
 
 
 class Classifier:
-    """Load once, then score texts; thread-safe (scoring never mutates the model)."""
+    """Load once, then score texts; thread-safe (scoring never mutates the model, and the
+    table of recurring views' scores has its own lock)."""
 
     def __init__(
         self,
@@ -279,6 +282,7 @@ class Classifier:
         self._min_count = max(min_count, 1)
         self.thresholds = dict(thresholds)
         self.meta = meta
+        self._recent: Recent[dict[str, float]] = Recent(RECENT_VIEWS, RECENT_SEEN, RECENT_MAX_CHARS)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Classifier:
@@ -357,13 +361,23 @@ class Classifier:
         return self.score_views([keyword_view(text) for text in texts])
 
     def score_views(self, views: Sequence[str]) -> list[dict[str, float]]:
-        """Score texts that are already keyword views (the engine has them at hand)."""
-        if not views:
-            return []
-        logits, text_blocks = self._window_logits(views)
-        best = np.maximum.reduceat(logits, text_blocks[:-1], axis=0)
-        probs = 1.0 / (1.0 + np.exp(-best))
-        return [dict(zip(LABELS, row, strict=True)) for row in probs.tolist()]
+        """Score texts that are already keyword views (the engine has them at hand).
+
+        Scores of recurring views are kept (:class:`detectors.recent.Recent`) and
+        reused: a view scores the same alone or in any batch.
+        """
+        kept = [self._recent.get(view) for view in views]
+        missing = [index for index, scores in enumerate(kept) if scores is None]
+        scored: dict[int, dict[str, float]] = {}
+        if missing:
+            fresh = [views[index] for index in missing]
+            logits, text_blocks = self._window_logits(fresh)
+            best = np.maximum.reduceat(logits, text_blocks[:-1], axis=0)
+            probs = 1.0 / (1.0 + np.exp(-best))
+            for index, view, row in zip(missing, fresh, probs.tolist(), strict=True):
+                scored[index] = dict(zip(LABELS, row, strict=True))
+                self._recent.offer(view, scored[index])
+        return [scores if scores is not None else scored[i] for i, scores in enumerate(kept)]
 
     def explain_views(self, views: Sequence[str]) -> list[Scores]:
         """Scores plus, per label, the best window in characters of the keyword view."""

@@ -248,7 +248,7 @@ def test_value_test_findings_show_the_value(tmp_path: Path, tool: dict[str, Any]
 
 
 def recent_texts(engine: Engine, kind: str = "prompt") -> list[str]:
-    return list(engine._program.plans[kind].recent)  # the cache under test
+    return list(engine._program.plans[kind].recent._kept)  # the table under test
 
 
 def test_recurring_texts_are_kept_from_their_second_sighting(golden: Any) -> None:

@@ -114,6 +114,15 @@ def test_batch_scores_like_single_events(engines: tuple[Engine, Engine]) -> None
     assert with_ml.scan_batch(events) == [with_ml.scan(e) for e in events]
 
 
+def test_recurring_texts_in_one_batch_each_get_the_verdict() -> None:
+    """Events that repeat a text share its preparation, not its classifier findings."""
+    engine = Engine(load_rules([RULES]), use_hyperscan=False, classifier=Classifier.load())
+    events = [prompt(OVERRIDE), tool_result(HIDDEN_ORDER), prompt(NO_LIMITS)] * 3
+    alone = [engine.scan(event) for event in events]  # the texts are kept from here on
+    assert engine.scan_batch(events) == alone
+    assert all(any(f.detector == "ml" or ML_AGREES in f.tags for f in found) for found in alone)
+
+
 ML_RULES = """\
 schema: llmtrail.rules/v1
 rules:
