@@ -283,6 +283,7 @@ class Classifier:
         self.thresholds = dict(thresholds)
         self.meta = meta
         self._recent: Recent[dict[str, float]] = Recent(RECENT_VIEWS, RECENT_SEEN, RECENT_MAX_CHARS)
+        self._explained: Recent[Scores] = Recent(RECENT_VIEWS, RECENT_SEEN, RECENT_MAX_CHARS)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Classifier:
@@ -435,10 +436,18 @@ class Classifier:
                 best = column.index(max(column))
                 if column[best] >= self.thresholds[label]:
                     source = norm.sources[best]
-                    (explained,) = self.explain_views([source.kw.text])
+                    explained = self._explain(source.kw.text)
                     found.append(self._finding(field, norm.original, source, explained, label))
             out.append(found)
         return out
+
+    def _explain(self, view: str) -> Scores:
+        """``explain_views`` of one view, kept for recurring views like their scores."""
+        explained = self._explained.get(view)
+        if explained is None:
+            (explained,) = self.explain_views([view])
+            self._explained.offer(view, explained)
+        return explained
 
     def _finding(
         self, field: str, original: str, source: Source, scored: Scores, label: str
