@@ -50,7 +50,7 @@ from detectors.model import (
 )
 from detectors.normalise import Limits, Normalised, SpanMap, Utf8Positions, View, normalise
 from detectors.prefilter import SHARED, PrefilterBank, scannable
-from detectors.recent import RECENT_MAX_CHARS, RECENT_SEEN, Recent
+from detectors.recent import RECENT_MAX_CHARS, Recent
 
 DEFAULT_SALT = b"llmtrail-default-salt: set a deployment secret"
 DEFAULT_MAX_FIELD_CHARS = 1_000_000
@@ -65,8 +65,10 @@ REGEX_WINDOW = 2000
 # Match ends a prefilter reports before the regex runs over the whole text instead.
 MAX_MATCH_ENDS = 256
 # What normalising and pre-scanning found in recurring field texts is kept per
-# event kind (see detectors.recent): this many texts.
+# event kind (see detectors.recent): this many texts, this many characters in
+# all (measured: 24 MB with the classifier's tables, for texts of 4,000 chars).
 RECENT_TEXTS = 2048
+RECENT_BUDGET = 2_000_000
 _NO_PAYLOADS = Limits(max_payloads=0)
 
 
@@ -117,7 +119,7 @@ class _Plan:
     unconditional: tuple[int, ...]  # patterns with no automaton gate, outside Hyperscan
     # what _prepare found in recurring texts (views, scans, candidates, triggered rules)
     recent: Recent[_Prepared] = field(
-        default_factory=lambda: Recent(RECENT_TEXTS, RECENT_SEEN, RECENT_MAX_CHARS)
+        default_factory=lambda: Recent(RECENT_TEXTS, RECENT_BUDGET, max_chars=RECENT_MAX_CHARS)
     )
 
 

@@ -48,14 +48,17 @@ import numpy.typing as npt
 
 from detectors.findings import Evidence, Finding, excerpt
 from detectors.normalise import Limits, Normalised, Source, Utf8Positions, normalise
-from detectors.recent import RECENT_MAX_CHARS, RECENT_SEEN, Recent
+from detectors.recent import Recent
 
 MODEL_FORMAT = "llmtrail.ml-model"
 MODEL_VERSION = 1
 LABELS: tuple[str, ...] = ("prompt_injection", "jailbreak")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "injection-classifier.npz"
 DETECTOR = "ml"
-RECENT_VIEWS = 4096  # scores of recurring keyword views kept (see detectors.recent)
+# Scores of recurring keyword views kept (see detectors.recent): the views are
+# shared with the engine's table, so the budget mostly bounds what is kept.
+RECENT_VIEWS = 4096
+RECENT_BUDGET = 4_000_000
 PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, padding included
 
 _NO_PAYLOADS = Limits(max_payloads=0)
@@ -282,8 +285,8 @@ class Classifier:
         self._min_count = max(min_count, 1)
         self.thresholds = dict(thresholds)
         self.meta = meta
-        self._recent: Recent[dict[str, float]] = Recent(RECENT_VIEWS, RECENT_SEEN, RECENT_MAX_CHARS)
-        self._explained: Recent[Scores] = Recent(RECENT_VIEWS, RECENT_SEEN, RECENT_MAX_CHARS)
+        self._recent: Recent[dict[str, float]] = Recent(RECENT_VIEWS, RECENT_BUDGET)
+        self._explained: Recent[Scores] = Recent(RECENT_VIEWS, RECENT_BUDGET)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Classifier:

@@ -8,9 +8,9 @@ done on such a text so the next event that carries it can reuse it.
 A text is kept only the second time it is offered among the last ``watch``
 texts (their hashes sit in a table of ints, which the garbage collector does
 not scan): keeping every text would make the collector walk thousands of
-objects that a stream of unique texts never uses again. The table holds at
-most ``capacity`` results, the least recently used dropped first. It is safe
-to share between threads.
+objects that a stream of unique texts never uses again. The table is bounded
+in texts and in characters, the least recently used dropped first. It is
+safe to share between threads.
 """
 
 from __future__ import annotations
@@ -23,18 +23,30 @@ RECENT_SEEN = 16384
 RECENT_MAX_CHARS = 4096
 
 V = TypeVar("V")
-K = TypeVar("K")
-W = TypeVar("W")
 
 
 class Recent(Generic[V]):
-    """Results of work on recurring texts: ``get`` what was kept, ``offer`` what was done."""
+    """Results of work on recurring texts: ``get`` what was kept, ``offer`` what was done.
 
-    def __init__(self, capacity: int, watch: int, max_chars: int) -> None:
+    At most ``capacity`` texts are kept, of at most ``budget`` characters in
+    all (what they cost in memory grows with their length), each at most
+    ``max_chars`` long.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        budget: int,
+        *,
+        watch: int = RECENT_SEEN,
+        max_chars: int = RECENT_MAX_CHARS,
+    ) -> None:
         self.capacity = capacity
+        self.budget = budget
         self.watch = watch
         self.max_chars = max_chars
         self._kept: dict[str, V] = {}
+        self._chars = 0  # the length of the kept texts, summed
         self._seen: dict[int, None] = {}  # hashes of texts offered once lately
         self._lock = threading.Lock()
 
@@ -58,14 +70,17 @@ class Recent(Generic[V]):
             return
         key = hash(text)
         with self._lock:
-            if key in self._seen:
-                _add(self._kept, text, value, self.capacity)
-            else:
-                _add(self._seen, key, None, self.watch)
-
-
-def _add(table: dict[K, W], key: K, value: W, capacity: int) -> None:
-    """Insert into an insertion-ordered table, dropping its oldest entry when full."""
-    if len(table) >= capacity:
-        del table[next(iter(table))]
-    table[key] = value
+            if key not in self._seen:
+                if len(self._seen) >= self.watch:
+                    del self._seen[next(iter(self._seen))]
+                self._seen[key] = None
+                return
+            if text in self._kept:
+                return
+            kept = self._kept
+            while kept and (len(kept) >= self.capacity or self._chars + len(text) > self.budget):
+                oldest = next(iter(kept))
+                del kept[oldest]
+                self._chars -= len(oldest)
+            kept[text] = value
+            self._chars += len(text)

@@ -18,7 +18,7 @@ from detectors.recent import Recent
     ],
 )
 def test_what_is_kept(offers: list[str], capacity: int, watch: int, kept: list[str]) -> None:
-    table: Recent[int] = Recent(capacity, watch, max_chars=8)
+    table: Recent[int] = Recent(capacity, 100, watch=watch, max_chars=8)
     for n, text in enumerate(offers):
         table.offer(text, n)
     assert [text for text in ("a", "b", "c", "a long text") if text in table] == kept
@@ -26,7 +26,7 @@ def test_what_is_kept(offers: list[str], capacity: int, watch: int, kept: list[s
 
 
 def test_get_returns_the_value_and_refreshes_it() -> None:
-    table: Recent[str] = Recent(2, 8, max_chars=8)
+    table: Recent[str] = Recent(2, 100, watch=8, max_chars=8)
     for text in ("a", "a", "b", "b"):
         table.offer(text, text.upper())
     assert table.get("a") == "A"  # "a" is now the most recently used
@@ -34,3 +34,11 @@ def test_get_returns_the_value_and_refreshes_it() -> None:
     table.offer("c", "C")
     assert (table.get("a"), table.get("b"), table.get("c")) == ("A", None, "C")
     assert table.get("never offered") is None
+
+
+def test_the_character_budget_drops_the_oldest_texts() -> None:
+    table: Recent[int] = Recent(10, budget=10, max_chars=8)
+    for text in ("aaaa", "aaaa", "bbbb", "bbbb", "cccccc", "cccccc"):
+        table.offer(text, len(text))
+    assert ("aaaa" in table, "bbbb" in table, "cccccc" in table) == (False, True, True)
+    assert len(table) == 2
