@@ -153,27 +153,38 @@ def _bounded(text: str, start: int, end: int, left: bool, right: bool) -> bool:
 
 
 def _compile_hyperscan(
-    patterns: Sequence[Pattern], ids: Sequence[int]
+    patterns: Sequence[Pattern], ids: Sequence[int], cache: PrefilterBank | None
 ) -> tuple[Any, frozenset[int]]:
-    """A prefilter database of the given patterns that Hyperscan accepts, and their ids."""
+    """A prefilter database of the given patterns that Hyperscan accepts, and their ids.
+
+    With a ``cache``, each pattern's trial database and the combined one are
+    kept on disk (keyed by flags, ids and sources): a rule reload that keeps
+    these patterns loads them instead of compiling them again.
+    """
     assert _hs is not None
     flags = _hs.HS_FLAG_UTF8 | _hs.HS_FLAG_UCP | _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_PREFILTER
 
     def build(chosen: Sequence[int]) -> Any:
-        db = _hs.Database()
-        db.compile(
-            expressions=[hyperscan_expression(patterns[i].source) for i in chosen],
-            ids=list(chosen),
-            elements=len(chosen),
-            flags=[flags] * len(chosen),
-        )
-        return db
+        def compiled() -> Any:
+            db = _hs.Database()
+            db.compile(
+                expressions=[hyperscan_expression(patterns[i].source) for i in chosen],
+                ids=list(chosen),
+                elements=len(chosen),
+                flags=[flags] * len(chosen),
+            )
+            return db
+
+        if cache is None:
+            return compiled()
+        listed = "\n".join(f"{i}\t{patterns[i].source}" for i in chosen)
+        return cache.cached(f"combined|{flags}|{listed}", compiled)
 
     accepted = []
     for i in ids:
         try:
             build([i])
-        except _hs.error:  # syntax Hyperscan does not know: that pattern stays out
+        except (_hs.error, UnicodeEncodeError):  # Hyperscan does not know it: it stays out
             continue
         accepted.append(i)
     if not accepted:
@@ -205,7 +216,7 @@ class Matcher:
                 and p.largest_repeat is not None
                 and p.largest_repeat <= HYPERSCAN_MAX_REPEAT
             ]
-            self._db, self.hyperscan_ids = _compile_hyperscan(self.patterns, unanchored)
+            self._db, self.hyperscan_ids = _compile_hyperscan(self.patterns, unanchored, cache)
         self._local = threading.local()
         self.full_masks: dict[int, int] = {}
         self.checks = {i: p.gate.checks for i, p in enumerate(self.patterns) if p.gate.checks}

@@ -105,6 +105,24 @@ def test_databases_are_cached_on_disk(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("*.hsdb")) == cached
 
 
+def test_a_second_engine_loads_every_database_from_disk(tmp_path: Path) -> None:
+    """A restart or a reload with the same rules compiles nothing again."""
+    ruleset = load_rules([RULES / "pii.yaml"])
+    first = Engine(ruleset, prefilter=PrefilterBank(tmp_path / "cache"))
+    assert first.warm(300)
+    cached = sorted(path.name for path in (tmp_path / "cache").glob("*.hsdb"))
+    matcher = first._program.matcher  # what it compiled: the databases to find on disk
+    regexes = len({pattern.source for pattern in matcher.patterns})
+    combined = len(matcher.hyperscan_ids) + 1  # one trial per pattern, then all of them
+    assert matcher.hyperscan_ids
+    assert len(cached) == regexes + 1 + combined  # + 1: the literal database
+    second = Engine(ruleset, prefilter=PrefilterBank(tmp_path / "cache"))
+    assert second.warm(300)
+    assert sorted(path.name for path in (tmp_path / "cache").glob("*.hsdb")) == cached
+    events = list(islice(generate_events(5, attack_ratio=0.3), 200))
+    assert second.scan_batch(events) == first.scan_batch(events)
+
+
 def test_unwritable_cache_still_works(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
