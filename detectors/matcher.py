@@ -56,8 +56,9 @@ HYPERSCAN_MAX_REPEAT = 32
 MAX_STARTS = 64  # anchored regex attempts per pattern and text before a full run
 MAX_LITERAL_ENDS = 64  # positions kept per gate literal (for windowed regex runs)
 MIN_INDEXED_CHECK = 3  # shorter check literals are looked for with a substring test
-SHORT_TEXT = 4096  # bytes of regex views up to which run gates compare with the longest token
+SHORT_TEXT = 4096  # bytes of regex views up to which run gates first look for a long token
 _SPLIT_BYTES = b" \t\n\r\x0b\x0c"  # where bytes.split() cuts
+_TOKEN_MARK = bytes(ord(" ") if byte in _SPLIT_BYTES else ord("x") for byte in range(256))
 
 # (phrase length, needs word boundary on the left, on the right, keyword leaf
 #  ids, (pattern id, gate set index) pairs, ids of patterns that start with it,
@@ -466,7 +467,7 @@ class Matcher:
         """Patterns whose required run of class characters occurs in no regex view."""
         ascii_text = all(view.text.isascii() for view in source.regex_views)
         data: list[bytes] | None = None
-        longest: int | None = None  # the longest token of a short text, in bytes
+        tokens: list[bytes] | None = None  # a short text's views, "x" for non-whitespace
         marked: dict[bytes, list[bytes]] = {}
         failed: list[int] = []
         for pattern_id in pattern_ids:
@@ -476,15 +477,19 @@ class Matcher:
             if data is None:
                 data = [view.text.encode("utf-8", "surrogatepass") for view in source.regex_views]
                 if sum(map(len, data)) <= SHORT_TEXT:
-                    longest = max(max(map(len, d.split()), default=0) for d in data)
+                    tokens = [d.translate(_TOKEN_MARK) for d in data]
             table, length = self.run_gates[pattern_id]
-            if longest is not None and length > longest and pattern_id in self.unspaced_runs:
+            needle = b"x" * length
+            if (
+                tokens is not None
+                and pattern_id in self.unspaced_runs
+                and not any(needle in view for view in tokens)
+            ):
                 failed.append(pattern_id)  # whitespace breaks such a run: no token is that long
                 continue
             views = marked.get(table)
             if views is None:
                 views = marked[table] = [d.translate(table) for d in data]
-            needle = b"x" * length
             if not any(needle in view for view in views):
                 failed.append(pattern_id)
         return failed
