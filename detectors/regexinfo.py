@@ -84,11 +84,49 @@ def _name(op: Any) -> str:
     return str(op.name)
 
 
+# An escape, a character class, or a standalone inline flag group such as "(?i)".
+_INLINE_FLAGS = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?([aiLmsux]+)\)", re.S)
+# Flags that only widen what a pattern matches: moving them to the front keeps
+# every literal, run and width the analysis derives valid for the real pattern.
+_HOISTABLE = frozenset("ims")
+
+
 def parse(source: str) -> Any | None:
+    """The parse tree, or None if the pattern is not understood.
+
+    The regex package applies an inline flag such as ``(?i)`` from where it
+    stands; the parser used here refuses one after the start. When such flags
+    only widen the pattern (i, m, s), the pattern is analysed with them moved
+    to the front.
+    """
+    tree = _parsed(source)
+    if tree is None and (hoisted := _hoisted(source)) is not None:
+        tree = _parsed(hoisted)
+    return tree
+
+
+def _parsed(source: str) -> Any | None:
     try:
         return _parser.parse(source)
     except Exception:  # any parser failure means "not understood"
         return None
+
+
+def _hoisted(source: str) -> str | None:
+    """``source`` with its standalone inline flags moved to the front, if they only widen."""
+    flags: list[str] = []
+
+    def lift(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group()
+        flags.append(match.group(1))
+        return ""
+
+    body = _INLINE_FLAGS.sub(lift, source)
+    letters = "".join(dict.fromkeys("".join(flags)))
+    if not letters or not set(letters) <= _HOISTABLE:
+        return None
+    return f"(?{letters}){body}"
 
 
 # ---------------------------------------------------------------- char sets

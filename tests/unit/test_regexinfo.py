@@ -21,8 +21,24 @@ from detectors.regexinfo import analyse
         (r"line$", 2),  # "$" reads a final newline too
         (r"end\Z", 0),
         (r"a(?=.*b)", None),  # reads to the end of the text
-        (r"(?i)a|(?i)b", None),  # not understood by the parser: unknown
+        (r"\p{L}+x(?=y)", None),  # not understood by the parser: unknown
+        (r"ab|(?i)cd\b", 1),  # a later (?i) is analysed as if at the start
     ],
 )
 def test_reach(source: str, reach: int | None) -> None:
     assert analyse(source).reach == reach
+
+
+@pytest.mark.parametrize(
+    ("source", "sets"),
+    [
+        # a later (?i) is moved to the front for the analysis: both branches' literals count
+        (r"(?:~|/root)/\.aws/credentials\b|(?i)\bc:\\windows\\system32\b",
+         (("/root/.aws/credentials", "c:\\windows\\system32", "~/.aws/credentials"),)),
+        # a class's "(?i)" is no flag: its characters stay in the literals
+        (r"[(?i)]xyzw|(?i)abcd", (("(xyzw", ")xyzw", "?xyzw", "abcd", "ixyzw"),)),
+        (r"abcd|(?x) e f g h", ()),  # (?x) changes how the start parses: not moved
+    ],
+)  # fmt: skip
+def test_later_inline_flags(source: str, sets: tuple[tuple[str, ...], ...]) -> None:
+    assert analyse(source).gate.sets == sets
