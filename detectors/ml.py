@@ -55,8 +55,8 @@ MODEL_VERSION = 1
 LABELS: tuple[str, ...] = ("prompt_injection", "jailbreak")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "injection-classifier.npz"
 DETECTOR = "ml"
-# Scores of recurring keyword views kept (see detectors.recent): the views are
-# shared with the engine's table, so the budget mostly bounds what is kept.
+# The scores and best windows of recurring keyword views are kept (see
+# detectors.recent): at most this many views, of this many characters in all.
 RECENT_VIEWS = 4096
 RECENT_BUDGET = 4_000_000
 PAD = 4  # spaces on each side of a text: every 5-gram of the text exists, padding included
