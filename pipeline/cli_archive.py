@@ -331,10 +331,11 @@ def backtest(settings: Settings, *, rules: Sequence[Path], baseline: Sequence[Pa
     base_rules = cli_rules._load(baseline, err) if baseline else None
     users = replay.load_users(users_file, err)
     stateful_rules = cli_rules._load_stateful(stateful, err) if stateful else None
+    suppressions = cli_rules._load_suppressions(settings, err) if stateful else None
     if ruleset is None or (baseline and base_rules is None) or users is None or (
-            stateful and stateful_rules is None):
+            stateful and (stateful_rules is None or suppressions is None)):
         return EXIT_PROBLEMS
-    correlator = (replay.Correlator(StatefulDetector(stateful_rules), users)
+    correlator = (replay.Correlator(StatefulDetector(stateful_rules, suppressions), users)
                   if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
     base_engine = build_engine(base_rules, settings, engine_choice) if base_rules else None

@@ -22,7 +22,9 @@ from detectors.prefilter import SHARED
 from detectors.stateful import (
     StatefulDetector,
     StatefulRuleSet,
+    Suppressions,
     load_stateful_rules,
+    load_suppressions,
     run_scenarios,
 )
 from pipeline import replay
@@ -70,14 +72,18 @@ def split_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return single, list(stateful.values())
 
 
+def _report(exc: RuleSetError, err: TextIO) -> None:
+    for error in exc.errors:
+        print(error, file=err)
+    count = len(exc.errors)
+    print(f"{count} error{'s' if count != 1 else ''}", file=err)
+
+
 def _load_stateful(paths: Sequence[Path], err: TextIO) -> StatefulRuleSet | None:
     try:
         return load_stateful_rules(paths)
     except RuleSetError as exc:
-        for error in exc.errors:
-            print(error, file=err)
-        count = len(exc.errors)
-        print(f"{count} error{'s' if count != 1 else ''}", file=err)
+        _report(exc, err)
         return None
 
 
@@ -85,10 +91,19 @@ def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
     try:
         return load_rules(paths)
     except RuleSetError as exc:
-        for error in exc.errors:
-            print(error, file=err)
-        count = len(exc.errors)
-        print(f"{count} error{'s' if count != 1 else ''}", file=err)
+        _report(exc, err)
+        return None
+
+
+def _load_suppressions(settings: Settings, err: TextIO) -> Suppressions | None:
+    """The suppression list LLMTRAIL_SUPPRESSIONS names (empty without one), as a worker
+    applies it; None, with its problems printed, if it does not load."""
+    if not settings.suppressions_file:
+        return Suppressions()
+    try:
+        return Suppressions(load_suppressions(settings.suppressions_file))
+    except RuleSetError as exc:
+        _report(exc, err)
         return None
 
 
@@ -206,10 +221,12 @@ def scan(
     if stateful and stateful_rules is None:
         print(f"(the stateful rules of {stateful_from}; --no-stateful scans without them)",
               file=err)
+    suppressions = _load_suppressions(settings, err) if stateful else None
     users = replay.load_users(users_file, err)
-    if ruleset is None or (stateful and stateful_rules is None) or users is None:
+    if ruleset is None or users is None or (
+            stateful and (stateful_rules is None or suppressions is None)):
         return EXIT_PROBLEMS
-    correlator = (replay.Correlator(StatefulDetector(stateful_rules), users)
+    correlator = (replay.Correlator(StatefulDetector(stateful_rules, suppressions), users)
                   if stateful_rules is not None else None)
     engine = build_engine(ruleset, settings, engine_choice)
     progress = _Progress(err, _input_size(source))
@@ -254,6 +271,8 @@ def stateful_report(rules: StatefulRuleSet | None, correlator: replay.Correlator
     ids = {rule.id for rule in rules.rules if rule.enabled}
     line = (f"stateful: {len(ids)} rules, {sum(by_rule[i] for i in ids)} alerts, "
             f"{correlator.states:,} state keys at the end")
+    if correlator.suppressed:
+        line += f"; {correlator.suppressed:,} single-event alerts suppressed"
     if correlator.late:
         were = "events were" if correlator.late != 1 else "event was"
         line += (f"; {correlator.late:,} {were} more than {correlator.reorder:,} events out of "

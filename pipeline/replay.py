@@ -20,7 +20,13 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 
 from detectors import Engine, Finding, build_alert
-from detectors.stateful import MemoryStore, Observation, StatefulDetector, findings_of
+from detectors.stateful import (
+    MemoryStore,
+    Observation,
+    PatternAlert,
+    StatefulDetector,
+    findings_of,
+)
 from detectors.stateful.hygiene import sweep, watermark_key
 from detectors.stateful.store import BatchState, expired
 from pipeline.lines import read_lines
@@ -56,13 +62,14 @@ def emit(alerts: list[dict[str, Any]], by_rule: Counter[str], output: BinaryIO |
 
 def detect(engine: Engine, event: Mapping[str, Any], correlator: Correlator | None,
            by_rule: Counter[str], output: BinaryIO | None) -> list[Finding]:
-    """Scan one enriched event; write its alerts, and those the stateful rules raise on it.
-    Returns the engine's findings."""
+    """Scan one enriched event; write its alerts, and those the stateful rules raise on it
+    (with the correlator, alert hygiene and suppressions apply as in a worker). Returns the
+    engine's findings."""
     detected_at = utc_now()
     findings = engine.scan(event)
-    emit([build_alert(f, event, detected_at=detected_at) for f in findings], by_rule, output)
-    if correlator is not None:
-        emit(correlator.add(event, findings), by_rule, output)
+    alerts = [build_alert(f, event, detected_at=detected_at) for f in findings]
+    emit(alerts if correlator is None else correlator.add(event, findings, alerts), by_rule,
+         output)
     return findings
 
 
@@ -73,6 +80,11 @@ class Correlator:
     first, so events up to that many places out of time order are folded in
     order; one further behind is folded anyway and counted in :attr:`late`
     (a sequence or baseline may miss it, as a worker would).
+
+    As a worker's stage one does, :meth:`add` drops the event's single-event
+    alerts that a suppression covers (counted in :attr:`suppressed`) and
+    holds those a hygiene policy covers, which go through dedup and rate
+    limits with the stateful rules' alerts when their chunk is folded.
     """
 
     CHUNK = 1000  # events folded per stage-two pass (a worker's batch)
@@ -85,29 +97,44 @@ class Correlator:
         self._store = MemoryStore()
         self.reorder = self.REORDER if reorder is None else reorder
         self._chunk = self.CHUNK if chunk is None else chunk
-        self._held: list[tuple[float, int, list[Observation]]] = []
+        self._held: list[tuple[float, int, list[Observation], list[PatternAlert]]] = []
         self._received = 0
         self._released = 0
         self._newest = -math.inf
         self._swept = -math.inf
         self._observations: list[Observation] = []
+        self._pattern_alerts: list[PatternAlert] = []
         self.late = 0
+        self.suppressed = 0
 
     @property
     def states(self) -> int:
         """How many state keys are kept (what memory the rules' state takes)."""
         return len(self._store.data)
 
-    def add(self, event: Mapping[str, Any], findings: Sequence[Finding]) -> list[dict[str, Any]]:
-        """Take one event and its findings; the alerts of any chunk this completes."""
-        observations = self._detector.observe(event, findings_of(findings), self._context)
-        if not observations:
-            return []
-        heapq.heappush(self._held, (observations[0].ts, self._received, observations))
+    def add(self, event: Mapping[str, Any], findings: Sequence[Finding],
+            alerts: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """Take one event, its findings and their alerts; the alerts to write now: those
+        no suppression or hygiene policy covers, and those of any chunk this completes."""
+        detector = self._detector
+        out: list[dict[str, Any]] = []
+        held: list[PatternAlert] = []
+        for alert in alerts:
+            if detector.suppressed(alert):
+                self.suppressed += 1
+            elif (item := detector.pattern_alert(alert)) is not None:
+                held.append(item)
+            else:
+                out.append(alert)
+        observations = detector.observe(event, findings_of(findings), self._context)
+        if not observations and not held:
+            return out
+        ts = observations[0].ts if observations else held[0].ts
+        heapq.heappush(self._held, (ts, self._received, observations, held))
         self._received += 1
-        if len(self._held) <= self.reorder:
-            return []
-        return self._release(heapq.heappop(self._held))
+        if len(self._held) > self.reorder:
+            out += self._release(heapq.heappop(self._held))
+        return out
 
     def finish(self) -> list[dict[str, Any]]:
         """The end of the input: fold what is held, then close every dedup window."""
@@ -120,20 +147,23 @@ class Correlator:
         states.flush()
         return out
 
-    def _release(self, item: tuple[float, int, list[Observation]]) -> list[dict[str, Any]]:
-        ts, _, observations = item
+    def _release(self, item: tuple[float, int, list[Observation], list[PatternAlert]]
+                 ) -> list[dict[str, Any]]:
+        ts, _, observations, held = item
         if ts < self._newest:
             self.late += 1
         self._newest = max(self._newest, ts)
         self._observations += observations
+        self._pattern_alerts += held
         self._released += 1
         return self._fold() if self._released % self._chunk == 0 else []
 
     def _fold(self) -> list[dict[str, Any]]:
         observations, self._observations = self._observations, []
-        if not observations:
+        held, self._pattern_alerts = self._pattern_alerts, []
+        if not observations and not held:
             return []
-        alerts = self._detector.apply(self._detector.compact(observations), (), self._store,
+        alerts = self._detector.apply(self._detector.compact(observations), held, self._store,
                                       scope=_SCOPE, context=self._context,
                                       detected_at=utc_now())
         self._drop_expired()

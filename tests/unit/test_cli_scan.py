@@ -179,8 +179,72 @@ def test_stateful_and_no_stateful_exclude_each_other(capsys: pytest.CaptureFixtu
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+PII_RULE = """\
+  - id: pii-test-email
+    title: An e-mail address
+    description: A prompt holds an e-mail address.
+    severity: low
+    category: pii
+    owasp: [LLM02]
+    applies_to: [prompt]
+    fields: [prompt.text]
+    condition:
+      regex: '[a-z]+@example[.]org'
+    examples:
+      match: ["write to jane@example.org"]
+      no_match: ["write to jane"]
+"""
+
+
+@pytest.fixture(scope="module")
+def pii_and_injection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(INJECTION_RULE + PII_RULE)
+    return path
+
+
+def mail(index: int, minutes: float) -> dict[str, Any]:
+    return event(index, user="u-mailer", text="Send it to jane@example.org please.",
+                 trace=f"t-m{index}", minutes=minutes)
+
+
+def test_hygiene_policies_apply_as_in_a_worker(tmp_path: Path, pii_and_injection: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped policy dedups pii-* alerts per user for 10 minutes: the first goes out,
+    the rest are folded into a roll-up with their count; without the stateful rules every
+    alert goes out."""
+    events = [mail(i, minutes=i) for i in range(4)] + [mail(9, minutes=30)]
+    code, alerts, _ = scan(tmp_path, events, capsys=capsys, rules=pii_and_injection)
+    assert code == 0
+    assert [(a["rule_id"], a["event_id"], a["count"]) for a in alerts] == [
+        ("pii-test-email", "e-0", 1), ("pii-test-email", "e-3", 3), ("pii-test-email", "e-9", 1)]
+    code, alerts, _ = scan(tmp_path, events, "--no-stateful", capsys=capsys,
+                           rules=pii_and_injection)
+    assert [a["event_id"] for a in alerts] == ["e-0", "e-1", "e-2", "e-3", "e-9"]
+
+
+SUPPRESSIONS = """\
+schema: llmtrail.suppressions/v1
+suppressions:
+  - {rule: "t-*", user: u-attacker, until: "2099-01-01T00:00:00Z", reason: red-team exercise}
+"""
+
+
+def test_suppressions_drop_single_event_alerts_not_the_findings(
+        tmp_path: Path, single_rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "suppressions.yaml").write_text(SUPPRESSIONS)
+    env = {"LLMTRAIL_SUPPRESSIONS": str(tmp_path / "suppressions.yaml")}
+    code, alerts, err = scan(tmp_path, burst(1.0), env=env, capsys=capsys, rules=single_rules)
+    assert code == 0
+    # the injections still count towards the burst rule, whose alert is not suppressed
+    assert [a["rule_id"] for a in alerts] == ["st-injection-burst"]
+    assert "; 5 single-event alerts suppressed" in err
+
+
 ERRORS = [
     # (name, options, env, exit code, lines expected in stderr)
+    ("suppression list with an error", (), {"LLMTRAIL_SUPPRESSIONS": "{tmp}/bad.yaml"}, 1,
+     ["{tmp}/bad.yaml:3:5: -: a suppression needs 'until'", "1 error"]),
     ("--stateful path missing", ("--stateful", "{tmp}/nope"), {}, 1,
      ["{tmp}/nope:0:0: -: no such file or directory", "1 error",
       "(the stateful rules of --stateful; --no-stateful scans without them)"]),
@@ -206,6 +270,7 @@ def test_error_messages(*, tmp_path: Path, capsys: pytest.CaptureFixture[str], s
                         lines: list[str]) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "users.jsonl").write_text('{"id": 5}\n')
+    (tmp_path / "bad.yaml").write_text(SUPPRESSIONS.replace(', until: "2099-01-01T00:00:00Z"', ""))
     fill = str(tmp_path)
     got, alerts, err = scan(tmp_path, burst(1.0),
                             *(o.replace("{tmp}", fill) for o in options),
