@@ -24,13 +24,13 @@ from detectors.stateful import (
     StatefulRuleSet,
     Suppressions,
     load_stateful_rules,
-    load_suppressions,
     run_scenarios,
 )
 from pipeline import replay
 from pipeline.detection import build_engine
 from pipeline.lines import read_lines
 from pipeline.settings import Settings
+from pipeline.stateful import suppression_list
 from pipeline.users import enrich
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -98,10 +98,8 @@ def _load(paths: Sequence[Path], err: TextIO) -> RuleSet | None:
 def _load_suppressions(settings: Settings, err: TextIO) -> Suppressions | None:
     """The suppression list LLMTRAIL_SUPPRESSIONS names (empty without one), as a worker
     applies it; None, with its problems printed, if it does not load."""
-    if not settings.suppressions_file:
-        return Suppressions()
     try:
-        return Suppressions(load_suppressions(settings.suppressions_file))
+        return suppression_list(settings)
     except RuleSetError as exc:
         _report(exc, err)
         return None

@@ -120,12 +120,13 @@ class Correlator:
         out: list[dict[str, Any]] = []
         held: list[PatternAlert] = []
         for alert in alerts:
-            if detector.suppressed(alert):
-                self.suppressed += 1
-            elif (item := detector.pattern_alert(alert)) is not None:
-                held.append(item)
-            else:
+            held_back, item = detector.hold(alert)
+            if not held_back:
                 out.append(alert)
+            elif item is None:
+                self.suppressed += 1
+            else:
+                held.append(item)
         observations = detector.observe(event, findings_of(findings), self._context)
         if not observations and not held:
             return out

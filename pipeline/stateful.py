@@ -99,10 +99,16 @@ def stateful_topic(settings: Settings) -> str:
 
 def load_detector(settings: Settings) -> StatefulDetector:
     """The stateful rules and suppressions the settings name; RuleSetError if they do not load."""
-    detector = StatefulDetector(load_stateful_rules(settings.stateful_rules))
-    if settings.suppressions_file:
-        detector.set_suppressions(Suppressions(load_suppressions(settings.suppressions_file)))
-    return detector
+    return StatefulDetector(load_stateful_rules(settings.stateful_rules),
+                            suppression_list(settings))
+
+
+def suppression_list(settings: Settings) -> Suppressions:
+    """The suppressions ``LLMTRAIL_SUPPRESSIONS`` names (none without it); RuleSetError if the
+    file does not load."""
+    if not settings.suppressions_file:
+        return Suppressions()
+    return Suppressions(load_suppressions(settings.suppressions_file))
 
 
 def _encode(observations: list[Observation], alerts: list[PatternAlert]) -> bytes:
@@ -163,12 +169,10 @@ class StatefulStage:
                 continue
             alert = orjson.loads(record.value)
             findings.setdefault(alert["event_id"], []).append(findings_of_alert(alert))
-            if detector.suppressed(alert):
+            held_back, item = detector.hold(alert)
+            if held_back:
                 held.add(record.value)
-                continue
-            item = detector.pattern_alert(alert)
             if item is not None:
-                held.add(record.value)
                 items.append(item)
         kept = [record for record in out if record.value not in held] if held else out
         observations: list[Observation] = []

@@ -196,6 +196,18 @@ class StatefulDetector:
         return PatternAlert(str(alert["rule_id"]), "" if key is None else str(key),
                             event_time(str(alert["ts"])), alert)
 
+    def hold(self, alert: dict[str, Any]) -> tuple[bool, PatternAlert | None]:
+        """Stage one for a single-event alert: (held back, its stage-two item).
+
+        Held back without an item: a suppression covers it (dropped); with one: a
+        hygiene policy covers it, and the item goes through dedup and rate limits in
+        stage two. Not held back: the alert goes out as it is.
+        """
+        if self.suppressed(alert):
+            return True, None
+        item = self.pattern_alert(alert)
+        return item is not None, item
+
     # -- stage two ---------------------------------------------------------------------
 
     def apply(

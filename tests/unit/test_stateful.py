@@ -465,6 +465,22 @@ def test_suppressions(entry: Suppression, covered: bool) -> None:
     assert detector.suppressed(refusal_alert(0)) is covered
 
 
+@pytest.mark.parametrize(("policy", "suppressed", "held_back", "has_item"), [
+    (False, False, False, False),  # neither: the alert goes out as it is
+    (True, False, True, True),  # a hygiene policy: held for stage two
+    (False, True, True, False),  # a suppression: dropped
+    (True, True, True, False),  # both: the suppression wins, nothing reaches stage two
+])
+def test_stage_one_holds_alerts_back(tmp_path: Path, policy: bool, suppressed: bool,
+                                     held_back: bool, has_item: bool) -> None:
+    rules = (hygiene_rules(tmp_path, "{rules: [rf-*], by: user.id, dedup: 1h}") if policy
+             else StatefulRuleSet())
+    entries = [Suppression("rf-x", "u-1", None, START + 60, "r", "f", 1)] if suppressed else []
+    detector = StatefulDetector(rules, Suppressions(entries))
+    got_held, item = detector.hold(refusal_alert(0))
+    assert (got_held, item is not None) == (held_back, has_item)
+
+
 # -- store, registry, shipped rules ----------------------------------------------------
 
 
