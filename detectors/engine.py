@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import regex
 
-from detectors.fields import iter_leaves, iter_strings, split_selector, values_at
+from detectors.fields import leaves_at, split_selector, strings_at, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
 from detectors.ml import Classifier
@@ -225,7 +225,7 @@ class _Program:
         found: dict[str, _Field] = {}
         limit = self.options.max_field_chars
         for segments, bit in plan.selectors:
-            for path, text in iter_strings(event, segments):
+            for path, text in strings_at(event, segments):
                 existing = found.get(path)
                 if existing is not None:
                     existing.mask |= bit
@@ -432,19 +432,11 @@ class _Evaluation:
             return collected
         if isinstance(node, NotOf):
             return None if self.node(node.child) is not None else []
-        if isinstance(node, ValueLeaf):
-            segments = split_selector(node.selector)
-            values, present = values_at(self.event, segments)
-            if not node.test.holds(values, present):
-                return None
-            for path, value in iter_leaves(self.event, segments):
-                if node.test.accepts(value):  # the value to show as evidence
-                    text = _as_text(value)
-                    return [Hit(-1, 0, len(text), path, 0.0, text)]
-            return [Hit(-1, -1, -1, node.selector, 0.0)]  # held on absence or on the whole list
         key = id(node)
         if key not in self.cache:
-            if isinstance(node, KeywordLeaf):
+            if isinstance(node, ValueLeaf):
+                self.cache[key] = self._values(node)
+            elif isinstance(node, KeywordLeaf):
                 self.cache[key] = self._keywords(node)
             elif isinstance(node, RegexLeaf):
                 self.cache[key] = self._regexes(node)
@@ -453,6 +445,17 @@ class _Evaluation:
             else:
                 self.cache[key] = self._signal(node)
         return self.cache[key]
+
+    def _values(self, leaf: ValueLeaf) -> list[Hit] | None:
+        segments = split_selector(leaf.selector)
+        values, present = values_at(self.event, segments)
+        if not leaf.test.holds(values, present):
+            return None
+        for path, value in leaves_at(self.event, segments):
+            if leaf.test.accepts(value):  # the value to show as evidence
+                text = _as_text(value)
+                return [Hit(-1, 0, len(text), path, 0.0, text)]
+        return [Hit(-1, -1, -1, leaf.selector, 0.0)]  # held on absence or on the whole list
 
     def _selected(self, leaf: Node) -> list[tuple[int, _Field]]:
         mask = self.program.leaf_masks[id(leaf)]

@@ -55,6 +55,14 @@ class Modifier:
     def predicate(cls, expected: Scalar, *, cased: bool) -> Predicate:
         raise NotImplementedError
 
+    @classmethod
+    def any_of(cls, expected: Sequence[Scalar], *, cased: bool) -> Predicate:
+        """One predicate that holds where any of the expected values' predicates holds."""
+        predicates = tuple(cls.predicate(value, cased=cased) for value in expected)
+        if len(predicates) == 1:
+            return predicates[0]
+        return lambda v: any(p(v) for p in predicates)
+
 
 class Equals(Modifier):
     id = "equals"
@@ -68,6 +76,19 @@ class Equals(Modifier):
             return lambda v: _is_number(v) and float(v) == number
         want = _fold(_expect_str(expected, cls.id), cased)
         return lambda v: isinstance(v, str) and _fold(v, cased) == want
+
+    @classmethod
+    def any_of(cls, expected: Sequence[Scalar], *, cased: bool) -> Predicate:
+        """A set lookup for the strings (a list of tool names is one fold and one probe)."""
+        strings = frozenset(_fold(value, cased) for value in expected if isinstance(value, str))
+        others = super().any_of([v for v in expected if not isinstance(v, str)], cased=cased)
+
+        def test(value: Scalar) -> bool:
+            if isinstance(value, str):
+                return _fold(value, cased) in strings
+            return others(value)
+
+        return test
 
 
 class In(Equals):
@@ -86,6 +107,20 @@ class _TextTest(Modifier):
         want = _fold(_expect_str(expected, cls.id), cased)
         compare = cls.compare
         return lambda v: isinstance(v, str) and compare(_fold(v, cased), want)
+
+    @classmethod
+    def any_of(cls, expected: Sequence[Scalar], *, cased: bool) -> Predicate:
+        """The field value folded once for all the expected values."""
+        wants = tuple(_fold(_expect_str(value, cls.id), cased) for value in expected)
+        compare = cls.compare
+
+        def test(value: Scalar) -> bool:
+            if not isinstance(value, str):
+                return False
+            folded = _fold(value, cased)
+            return any(compare(folded, want) for want in wants)
+
+        return test
 
 
 class Contains(_TextTest):
@@ -284,11 +319,13 @@ def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> V
             raise ModifierError("'exists' cannot be combined with 'all' or 'cased'")
         return ValueTest(operator, (), False, exists=values[0])
     cls = MODIFIERS[operator]
-    predicates: list[Predicate] = []
+    scalars: list[Scalar] = []
     for value in values:
         if value is None:
             raise ModifierError("null is not a value to compare; use '|exists: false'")
         if not isinstance(value, str | int | float | bool):
             raise ModifierError(f"values must be strings, numbers or booleans, got {value!r}")
-        predicates.append(cls.predicate(value, cased=cased))
-    return ValueTest(operator, tuple(predicates), match_all)
+        scalars.append(value)
+    if match_all:  # each expected value must be met on its own
+        return ValueTest(operator, tuple(cls.predicate(v, cased=cased) for v in scalars), True)
+    return ValueTest(operator, (cls.any_of(scalars, cased=cased),), False)
