@@ -41,6 +41,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_speed.py
+	$(BIN)/python bench/engine_floor.py
 	$(BIN)/python bench/pipeline_speed.py
 	$(BIN)/python bench/quality.py
 
