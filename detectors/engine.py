@@ -225,6 +225,8 @@ class _Program:
         found: dict[str, _Field] = {}
         limit = self.options.max_field_chars
         for segments, bit in plan.selectors:
+            if event.get(segments[0]) is None:  # most events lack most selectors' roots
+                continue
             for path, text in strings_at(event, segments):
                 existing = found.get(path)
                 if existing is not None:

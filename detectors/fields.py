@@ -88,8 +88,12 @@ def leaves_at(
     event: Mapping[str, Any], segments: Sequence[str], *, max_leaves: int = MAX_LEAVES
 ) -> list[tuple[str, Scalar]]:
     """Every scalar leaf under the selector, with its concrete path (at most ``max_leaves``)."""
+    return _leaves_of(_resolve(event, segments), max_leaves)
+
+
+def _leaves_of(nodes: list[tuple[str, Any]], max_leaves: int) -> list[tuple[str, Scalar]]:
     out: list[tuple[str, Scalar]] = []
-    for path, node in _resolve(event, segments):
+    for path, node in nodes:
         if len(out) >= max_leaves:
             break
         _leaves(path, node, 0, out, max_leaves)
@@ -103,11 +107,7 @@ def strings_at(
     nodes = _resolve(event, segments)
     if len(nodes) == 1 and isinstance(nodes[0][1], str):  # one text field: no walk
         return nodes
-    return [
-        (path, value)
-        for path, value in leaves_at(event, segments, max_leaves=max_leaves)
-        if isinstance(value, str)
-    ]
+    return [(path, value) for path, value in _leaves_of(nodes, max_leaves) if isinstance(value, str)]
 
 
 def values_at(event: Mapping[str, Any], segments: Sequence[str]) -> tuple[list[Scalar], bool]:
