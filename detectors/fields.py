@@ -107,7 +107,9 @@ def strings_at(
     nodes = _resolve(event, segments)
     if len(nodes) == 1 and isinstance(nodes[0][1], str):  # one text field: no walk
         return nodes
-    return [(path, value) for path, value in _leaves_of(nodes, max_leaves) if isinstance(value, str)]
+    return [
+        (path, value) for path, value in _leaves_of(nodes, max_leaves) if isinstance(value, str)
+    ]
 
 
 def values_at(event: Mapping[str, Any], segments: Sequence[str]) -> tuple[list[Scalar], bool]:
