@@ -360,9 +360,9 @@ def _ml_fields(fields: Sequence[_Field]) -> list[tuple[str, Normalised]]:
 def _classify(
     classifier: Classifier, asks: Sequence[tuple[int, tuple[str, Normalised]]]
 ) -> Iterator[tuple[int, tuple[str, ...], list[Finding]]]:
-    """(event index, paths, classifier findings) per distinct text of an event, scored once.
+    """(event index, paths, classifier findings) per distinct text of an event that has any.
 
-    Fields of one event with the same text share its normalisation (see
+    Each distinct text is scored once. Fields of one event with the same text share its normalisation (see
     ``_scan``), so they get one verdict, reported on the first of them.
     """
     groups: dict[tuple[int, int], tuple[int, list[str], Normalised]] = {}
@@ -375,7 +375,8 @@ def _classify(
             group[1].append(path)
     answers = classifier.findings_many([(paths[0], norm) for _, paths, norm in groups.values()])
     for (index, paths, _), found in zip(groups.values(), answers, strict=True):
-        yield index, tuple(paths), found
+        if found:
+            yield index, tuple(paths), found
 
 
 def _with_ml(findings: list[Finding], paths: tuple[str, ...], ml: list[Finding]) -> list[Finding]:

@@ -41,7 +41,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -285,7 +285,7 @@ class Classifier:
         self._min_count = max(min_count, 1)
         self.thresholds = dict(thresholds)
         self.meta = meta
-        self._recent: Recent[dict[str, float]] = Recent(RECENT_VIEWS, RECENT_BUDGET)
+        self._recent: Recent[tuple[float, ...]] = Recent(RECENT_VIEWS, RECENT_BUDGET)
         self._explained: Recent[Scores] = Recent(RECENT_VIEWS, RECENT_BUDGET)
 
     @classmethod
@@ -370,18 +370,21 @@ class Classifier:
         Scores of recurring views are kept (:class:`detectors.recent.Recent`) and
         reused: a view scores the same alone or in any batch.
         """
+        return [dict(zip(LABELS, row, strict=True)) for row in self._probabilities(views)]
+
+    def _probabilities(self, views: Sequence[str]) -> list[tuple[float, ...]]:
+        """Per view, its score for each of ``LABELS`` in order."""
         kept = [self._recent.get(view) for view in views]
-        missing = [index for index, scores in enumerate(kept) if scores is None]
-        scored: dict[int, dict[str, float]] = {}
+        missing = [index for index, row in enumerate(kept) if row is None]
         if missing:
             fresh = [views[index] for index in missing]
             logits, text_blocks = self._window_logits(fresh)
             best = np.maximum.reduceat(logits, text_blocks[:-1], axis=0)
             probs = 1.0 / (1.0 + np.exp(-best))
-            for index, view, row in zip(missing, fresh, probs.tolist(), strict=True):
-                scored[index] = dict(zip(LABELS, row, strict=True))
-                self._recent.offer(view, scored[index])
-        return [scores if scores is not None else scored[i] for i, scores in enumerate(kept)]
+            for index, view, scores in zip(missing, fresh, probs.tolist(), strict=True):
+                kept[index] = row = tuple(scores)
+                self._recent.offer(view, row)
+        return cast(list[tuple[float, ...]], kept)  # every None was filled in
 
     def explain_views(self, views: Sequence[str]) -> list[Scores]:
         """Scores plus, per label, the best window in characters of the keyword view."""
@@ -427,20 +430,22 @@ class Classifier:
     def findings_many(self, fields: Sequence[tuple[str, Normalised]]) -> list[list[Finding]]:
         """``findings`` for many fields (of one event or of a batch) in one scoring pass."""
         views = [source.kw.text for _, norm in fields for source in norm.sources]
-        scores = self.score_views(views)
+        rows = self._probabilities(views)
+        floors = tuple(self.thresholds[label] for label in LABELS)
         out: list[list[Finding]] = []
         at = 0
         for field, norm in fields:
-            mine = scores[at : at + len(norm.sources)]
+            mine = rows[at : at + len(norm.sources)]
             at += len(norm.sources)
             found: list[Finding] = []
-            for label in LABELS:
-                column = [score[label] for score in mine]
-                best = column.index(max(column))
-                if column[best] >= self.thresholds[label]:
-                    source = norm.sources[best]
-                    explained = self._explain(source.kw.text)
-                    found.append(self._finding(field, norm.original, source, explained, label))
+            if len(mine) > 1 or any(p >= f for p, f in zip(mine[0], floors, strict=True)):
+                for k, label in enumerate(LABELS):
+                    column = [row[k] for row in mine]
+                    best = column.index(max(column))
+                    if column[best] >= floors[k]:
+                        source = norm.sources[best]
+                        explained = self._explain(source.kw.text)
+                        found.append(self._finding(field, norm.original, source, explained, label))
             out.append(found)
         return out
 
