@@ -362,8 +362,9 @@ def _classify(
 ) -> Iterator[tuple[int, tuple[str, ...], list[Finding]]]:
     """(event index, paths, classifier findings) per distinct text of an event that has any.
 
-    Each distinct text is scored once. Fields of one event with the same text share its normalisation (see
-    ``_scan``), so they get one verdict, reported on the first of them.
+    Each distinct text is scored once. Fields of one event with the same text
+    share its normalisation (see ``_scan``), so they get one verdict, reported
+    on the first of them.
     """
     groups: dict[tuple[int, int], tuple[int, list[str], Normalised]] = {}
     for index, (path, norm) in asks:
