@@ -563,7 +563,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     backtest_parser.add_argument("--stateful", nargs="+", type=Path, metavar="PATH",
                                  help="stateful rule files or directories (llmtrail.stateful/v1, "
                                  "e.g. rules/stateful) to run on the events and the findings of "
-                                 "--rules, in archive order; not part of the --baseline diff")
+                                 "--rules, in event-time order and with the workers' alert "
+                                 "hygiene and suppressions; not part of the --baseline diff")
     backtest_parser.add_argument("--users", metavar="USERS.jsonl",
                                  help="user-context records to enrich events with, like the "
                                  "workers do")

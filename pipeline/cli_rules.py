@@ -421,8 +421,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"none is more than {replay.Correlator.REORDER:,} events out of place (the summary "
         "counts those that are); at "
         "the end of the input every dedup window closes and its roll-up alert is written. "
-        "Alert hygiene (dedup, rate limits) applies to the stateful rules' alerts; single-event "
-        "alerts are all written. Invalid lines are reported with their line number (the first "
+        "Alert hygiene (dedup, rate limits on event time) and LLMTRAIL_SUPPRESSIONS apply as "
+        "in a worker: to the stateful rules' alerts and to the single-event alerts a hygiene "
+        "policy covers (the shipped ones: rf-* and pii-* per user); --no-stateful writes every "
+        "single-event alert. Invalid lines are reported with their line number (the first "
         f"{_INVALID_LISTED}) and skipped. Prints a progress bar on a terminal, then a summary: "
         "events, invalid lines, alerts by rule (stateful ones marked), events/s and MB/s. "
         "Exits 0 unless rules or the users file do not load (1) or a file cannot be opened (2).",
