@@ -196,6 +196,16 @@ def _compile_hyperscan(
     return build(accepted), frozenset(accepted)
 
 
+def _automaton(entries: Sequence[AcValue]) -> Any:
+    """An Aho-Corasick automaton of the entries' literals, each carrying its entry."""
+    automaton = ahocorasick.Automaton()
+    for entry in entries:
+        automaton.add_word(entry[-1], entry)
+    if len(automaton):
+        automaton.make_automaton()
+    return automaton
+
+
 class Matcher:
     """Keyword and regex-candidate search shared by every rule of a program."""
 
@@ -238,15 +248,19 @@ class Matcher:
             for i, (table, _) in self.run_gates.items()
             if all(table[byte] != ord("x") for byte in _SPLIT_BYTES)
         )
-        self.automaton = self._build_automaton(keyword_leaves)
+        self._entries = self._literal_entries(keyword_leaves)
         self.indexed: frozenset[str] = frozenset()
         self._literal_db: Any = self._compile_literals(cache) if use_hyperscan else None
+        # The pure-Python literal pass; with a Hyperscan literal database it is never
+        # used, and building it for ~38,000 literals took most of a rule reload.
+        self.automaton: Any = None if self._literal_db is not None else _automaton(self._entries)
 
     @property
     def uses_hyperscan(self) -> bool:
         return self._db is not None
 
-    def _build_automaton(self, keyword_leaves: Sequence[KeywordLeaf]) -> Any:
+    def _literal_entries(self, keyword_leaves: Sequence[KeywordLeaf]) -> list[AcValue]:
+        """One entry per keyword phrase, gate literal and start literal, sorted."""
         keywords: dict[str, list[int]] = {}
         literals: dict[str, list[tuple[int, int]]] = {}
         starts: dict[str, list[int]] = {}
@@ -266,24 +280,21 @@ class Matcher:
             if pattern.gate.starts:
                 start_literals[pattern_id] = pattern.gate.starts
         self.start_literals = start_literals
-        automaton = ahocorasick.Automaton()
-        self._entries: list[AcValue] = []
+        entries: list[AcValue] = []
         for key in sorted(keywords.keys() | literals.keys() | starts.keys()):
             kw_ids = tuple(keywords.get(key, ()))
-            value: AcValue = (
-                len(key),
-                bool(kw_ids) and _is_word(key[0]),
-                bool(kw_ids) and _is_word(key[-1]),
-                kw_ids,
-                tuple(literals.get(key, ())),
-                tuple(starts.get(key, ())),
-                key,
+            entries.append(
+                (
+                    len(key),
+                    bool(kw_ids) and _is_word(key[0]),
+                    bool(kw_ids) and _is_word(key[-1]),
+                    kw_ids,
+                    tuple(literals.get(key, ())),
+                    tuple(starts.get(key, ())),
+                    key,
+                )
             )
-            automaton.add_word(key, value)
-            self._entries.append(value)
-        if len(automaton):
-            automaton.make_automaton()
-        return automaton
+        return entries
 
     def _compile_literals(self, cache: PrefilterBank | None) -> Any:
         """One Hyperscan literal database: every automaton key and the longer check literals.
