@@ -20,6 +20,7 @@ import importlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from detectors.model import Gate
@@ -542,7 +543,10 @@ def gate_for(sets: Sequence[frozenset[str]], starts: tuple[str, ...] = ()) -> Ga
     return Gate("substring" if checks else "always", (), (), checks)
 
 
+@lru_cache(maxsize=4096)
 def analyse(source: str) -> RegexInfo:
+    """What the engine needs to know of a regex; kept per source, so a rule reload only
+    analyses the regexes that changed (the shipped packs take about 1.6 s of CPU)."""
     tree = parse(source)
     if tree is None:
         return RegexInfo(Gate("always"), None, (), None, None, None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from detectors import load_rules
 from detectors.regexinfo import analyse
 
 
@@ -42,3 +45,15 @@ def test_reach(source: str, reach: int | None) -> None:
 )  # fmt: skip
 def test_later_inline_flags(source: str, sets: tuple[tuple[str, ...], ...]) -> None:
     assert analyse(source).gate.sets == sets
+
+
+def test_a_reload_analyses_only_regexes_it_has_not_seen() -> None:
+    rules = Path(__file__).parent / "fixtures" / "rules" / "golden"
+    analyse.cache_clear()
+    load_rules([rules])
+    first = analyse.cache_info()
+    assert first.misses > 0
+    load_rules([rules])
+    again = analyse.cache_info()
+    assert again.misses == first.misses  # every regex came from the first load
+    assert again.hits >= first.misses
