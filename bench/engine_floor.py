@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from engine_speed import (  # noqa: E402
-    _normalise_all,
     bare_ac,
     best_of,
     event_text,
     keyword_phrases,
     make_events,
+    normalise_all,
     rule_regexes,
 )
 
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ac_seconds = best_of(args.repeats, bare_ac(keyword_phrases(ruleset), texts))
     print(f"{'bare Aho-Corasick':24s} {megabytes / ac_seconds:7.1f} MB/s   share of its time 1.00")
 
-    norm_seconds = best_of(args.repeats, partial(_normalise_all, texts))
+    norm_seconds = best_of(args.repeats, partial(normalise_all, texts))
     norm_share = norm_seconds / ac_seconds
     print(f"{'normalisation alone':24s} {megabytes / norm_seconds:7.1f} MB/s   {norm_share:.2f}")
 

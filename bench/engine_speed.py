@@ -305,7 +305,7 @@ def bare_ac(phrases: Sequence[str], texts: Sequence[str]) -> Callable[[], int]:
     return run
 
 
-def _normalise_all(texts: Sequence[str]) -> None:
+def normalise_all(texts: Sequence[str]) -> None:
     for text in texts:
         normalise(text)
 
@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ac_seconds = best_of(args.repeats, bare_ac(phrases, texts))
     print(f"{'bare Aho-Corasick':28s} {megabytes / ac_seconds:8.1f} MB/s")
-    norm_seconds = best_of(args.repeats, partial(_normalise_all, texts))
+    norm_seconds = best_of(args.repeats, partial(normalise_all, texts))
     print(
         f"{'normalisation alone':28s} {megabytes / norm_seconds:8.1f} MB/s"
         f"  ratio normalisation/AC = {ac_seconds / norm_seconds:.2f}"

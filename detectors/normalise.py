@@ -443,9 +443,13 @@ def _word_bounds(text: str, pos: int) -> tuple[int, int]:
     return start, end
 
 
-def _fold_homoglyphs(text: str, fold_map: SpanMap, out: Normalised) -> str:
-    """Fold look-alikes in words made only of Latin letters and look-alikes."""
-    regions = non_ascii_runs(text, _REGION_GAP)  # look-alikes are not ASCII
+def _fold_homoglyphs(
+    text: str, regions: list[tuple[int, int]], fold_map: SpanMap, out: Normalised
+) -> str:
+    """Fold look-alikes in words made only of Latin letters and look-alikes.
+
+    ``regions``: the text's non-ASCII regions (look-alikes are not ASCII).
+    """
     if not any(_HOMOGLYPH_RE.search(text, start, end) for start, end in regions):
         return text
     replacements: list[tuple[int, int, str]] = []
@@ -475,18 +479,18 @@ def _fold_homoglyphs(text: str, fold_map: SpanMap, out: Normalised) -> str:
     return "".join(pieces)
 
 
-def _casefold(text: str) -> tuple[str, SpanMap]:
+def _casefold(text: str, regions: list[tuple[int, int]]) -> tuple[str, SpanMap]:
     """Case folding; characters that fold to several (ß -> ss) get an edit each.
 
     ``str.casefold`` costs several ns a character once a text holds anything
     beyond ASCII, so ASCII stretches are lowered (the same for ASCII) and only
-    the non-ASCII regions are case folded.
+    the non-ASCII ``regions`` are case folded.
     """
     pieces: list[str] = []
     edits: list[tuple[int, int, int, int]] = []
     pos = 0
     new_len = 0
-    for start, end in non_ascii_runs(text, _REGION_GAP):
+    for start, end in regions:
         pieces.append(text[pos:start].lower())
         new_len += start - pos
         region = text[start:end]
@@ -680,8 +684,11 @@ def normalise(text: str, *, limits: Limits = DEFAULT_LIMITS) -> Normalised:
         return out
     out = Normalised(text, [])
     clean, fold_map = _fold_non_ascii(text, out)
-    clean = _fold_homoglyphs(clean, fold_map, out)
-    lowered, case_map = _casefold(clean)
+    regions = non_ascii_runs(clean, _REGION_GAP)
+    folded = _fold_homoglyphs(clean, regions, fold_map, out)
+    if folded is not clean:  # look-alikes became ASCII: the regions moved
+        clean, regions = folded, non_ascii_runs(folded, _REGION_GAP)
+    lowered, case_map = _casefold(clean, regions)
     kw = _collapse(lowered)
     kw_to_clean = _compose(kw.map, case_map)
     kw_map = _compose(kw_to_clean, fold_map)
