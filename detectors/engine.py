@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import regex
 
-from detectors.fields import leaves_at, split_selector, strings_at, values_at
+from detectors.fields import leaves_at, nodes_at, split_selector, strings_at, values_at
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
 from detectors.ml import Classifier
@@ -39,6 +39,7 @@ from detectors.model import (
     MlLeaf,
     Node,
     NotOf,
+    OverlapLeaf,
     Pattern,
     RegexLeaf,
     Rule,
@@ -49,6 +50,7 @@ from detectors.model import (
     iter_nodes,
 )
 from detectors.normalise import Limits, Normalised, SpanMap, Utf8Positions, View, normalise
+from detectors.overlap import Reference, reference, shared_run
 from detectors.prefilter import SHARED, PrefilterBank, scannable
 from detectors.recent import RECENT_MAX_CHARS, Recent
 
@@ -95,7 +97,7 @@ def requirement(node: Node) -> frozenset[KeywordLeaf | RegexLeaf | SignalLeaf] |
     """Text leaves one of which must hit for ``node`` to hold; None if none is needed."""
     if isinstance(node, KeywordLeaf | RegexLeaf | SignalLeaf):
         return frozenset({node})
-    if isinstance(node, ValueLeaf | MlLeaf | NotOf):
+    if isinstance(node, ValueLeaf | MlLeaf | OverlapLeaf | NotOf):
         return None
     children = [requirement(child) for child in node.children]
     if isinstance(node, AllOf):
@@ -446,20 +448,36 @@ class _Evaluation:
                 self.cache[key] = self._regexes(node)
             elif isinstance(node, MlLeaf):
                 self.cache[key] = self._ml(node)
+            elif isinstance(node, OverlapLeaf):
+                self.cache[key] = self._overlap(node)
             else:
                 self.cache[key] = self._signal(node)
         return self.cache[key]
 
     def _values(self, leaf: ValueLeaf) -> list[Hit] | None:
         segments = split_selector(leaf.selector)
-        values, present = values_at(self.event, segments)
-        if not leaf.test.holds(values, present):
-            return None
-        for path, value in leaves_at(self.event, segments):
-            if leaf.test.accepts(value):  # the value to show as evidence
+        test = leaf.test
+        if test.exists is not None:  # presence alone: no need to walk the values
+            nodes = nodes_at(self.event, segments)
+            if bool(nodes) is not test.exists:
+                return None
+            if nodes and len(nodes) == 1 and isinstance(nodes[0][1], str | int | float):
+                path, value = nodes[0]  # a present scalar shows itself
                 text = _as_text(value)
                 return [Hit(-1, 0, len(text), path, 0.0, text)]
-        return [Hit(-1, -1, -1, leaf.selector, 0.0)]  # held on absence or on the whole list
+            return [Hit(-1, -1, -1, leaf.selector, 0.0)]
+        values, present = values_at(self.event, segments)
+        if not test.holds(values, present, self.event):
+            return None
+        if test.count:
+            shown = f"{len(values)} values"
+            return [Hit(-1, 0, len(shown), leaf.selector, 0.0, shown)]
+        predicates = test.bind(self.event)
+        for path, value in leaves_at(self.event, segments):
+            if any(p(value) for p in predicates):  # the value to show as evidence
+                text = _as_text(value)
+                return [Hit(-1, 0, len(text), path, 0.0, text)]
+        return [Hit(-1, -1, -1, leaf.selector, 0.0)]  # held on the whole list
 
     def _selected(self, leaf: Node) -> list[tuple[int, _Field]]:
         mask = self.program.leaf_masks[id(leaf)]
@@ -603,6 +621,25 @@ class _Evaluation:
             score = explained[best].scores[leaf.label]
             if score >= floor:
                 start, end = sources[best].kw.map.span(*explained[best].windows[leaf.label])
+                hits.append(Hit(index, start, end, item.text[start:end], 0.0))
+        return hits or None
+
+    def _overlap(self, leaf: OverlapLeaf) -> list[Hit] | None:
+        """The longest run each field shares with a reference text (one per field)."""
+        limit = self.program.options.max_field_chars
+        references = [
+            _reference(value[:limit], leaf.min_words)
+            for value in values_at(self.event, leaf.reference)[0]
+            if isinstance(value, str)
+        ]
+        hits: list[Hit] = []
+        for index, item in self._selected(leaf):
+            assert item.norm is not None
+            kw = item.norm.sources[0].kw  # the field's own text, folded
+            runs = [r for ref in references if (r := shared_run(kw.text, ref))]
+            if runs:
+                run = max(runs, key=lambda r: r.words)
+                start, end = kw.map.span(run.start, run.end)
                 hits.append(Hit(index, start, end, item.text[start:end], 0.0))
         return hits or None
 
@@ -754,6 +791,12 @@ def field_key(path: str) -> str:
             words: str = _CAMEL.sub(" ", match.group(1))
             return words.replace("_", " ").replace("-", " ")
     return ""
+
+
+@lru_cache(maxsize=256)
+def _reference(text: str, size: int) -> Reference:
+    """A reference text's folded word runs; kept, as system prompts recur."""
+    return reference(normalise(text, limits=_NO_PAYLOADS).sources[0].kw.text, size)
 
 
 def _as_text(value: object) -> str:

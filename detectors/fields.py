@@ -64,6 +64,11 @@ def _resolve(root: Mapping[str, Any], segments: Sequence[str]) -> list[tuple[str
     return frontier
 
 
+def nodes_at(event: Mapping[str, Any], segments: Sequence[str]) -> list[tuple[str, Any]]:
+    """The non-null nodes the selector reaches, with their concrete paths (no leaf walk)."""
+    return _resolve(event, segments)
+
+
 def _leaves(path: str, node: Any, depth: int, out: list[tuple[str, Scalar]], limit: int) -> None:
     """Append the scalar leaves under ``node`` to ``out`` while it holds fewer than ``limit``."""
     if isinstance(node, _SCALARS):

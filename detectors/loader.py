@@ -18,6 +18,7 @@ import regex
 
 from detectors import regexinfo
 from detectors.errors import RuleError, RuleSetError
+from detectors.fields import split_selector
 from detectors.ml import LABELS
 from detectors.model import (
     CATEGORIES,
@@ -37,6 +38,7 @@ from detectors.model import (
     MlLeaf,
     Node,
     NotOf,
+    OverlapLeaf,
     Pattern,
     RegexLeaf,
     Rule,
@@ -63,6 +65,8 @@ TEXT_LEAF_KEYS = (
     "signal",
     "ml",
     "min_score",
+    "overlap",
+    "min_words",
     "field",
     "validate",
     "min_entropy",
@@ -73,6 +77,8 @@ EXAMPLE_KEYS = ("match", "no_match")
 LOGIC_KEYS = ("any", "all", "not", "macro")
 
 DEFAULT_SCORE = 0.8
+DEFAULT_MIN_WORDS = 8  # an overlap leaf's run: a sentence, not a common phrase
+MIN_WORDS, MAX_WORDS = 3, 64
 DEFAULT_WINDOW = 40
 DEFAULT_BOOST = 0.1
 MAX_WINDOW = 1000
@@ -586,20 +592,22 @@ class _Loader:
         self, node: YMap, keys: dict[str, tuple[YScalar, YNode]], scope: _RuleScope
     ) -> list[Node] | None:
         rule_id = scope.rule_id
-        matchers = [k for k in ("keywords", "regex", "signal", "ml") if k in keys]
+        matchers = [k for k in ("keywords", "regex", "signal", "ml", "overlap") if k in keys]
         if not matchers:
             first = next(iter(keys.values()))[0]
             self.error(
                 first.loc,
                 rule_id,
-                f"{first.text!r} needs 'keywords', 'regex', 'signal' or 'ml' in the same mapping",
+                f"{first.text!r} needs 'keywords', 'regex', 'signal', 'ml' or 'overlap' "
+                "in the same mapping",
             )
             return None
-        if "min_score" in keys and "ml" not in keys:
-            self.error(
-                keys["min_score"][0].loc, rule_id, "'min_score' needs 'ml' in the same mapping"
-            )
-            return None
+        for option, owner in (("min_score", "ml"), ("min_words", "overlap")):
+            if option in keys and owner not in keys:
+                self.error(
+                    keys[option][0].loc, rule_id, f"'{option}' needs '{owner}' in the same mapping"
+                )
+                return None
         fields = scope.fields
         if "field" in keys:
             fields = self.selectors(keys["field"][1], "'field'", rule_id)
@@ -664,7 +672,32 @@ class _Loader:
             if label is None:
                 return None
             out.append(MlLeaf(label, min_score, fields, keys["ml"][0].loc.line))
+        if "overlap" in keys:
+            overlap = self.overlap(keys, fields, rule_id)
+            if overlap is None:
+                return None
+            out.append(overlap)
         return out
+
+    def overlap(
+        self, keys: dict[str, tuple[YScalar, YNode]], fields: tuple[str, ...], rule_id: str | None
+    ) -> OverlapLeaf | None:
+        key, value = keys["overlap"]
+        text = self.string(value, "'overlap'", rule_id)
+        reference = None if text is None else self.selector(text, value.loc, rule_id)
+        min_words = float(DEFAULT_MIN_WORDS)
+        if "min_words" in keys:
+            node = keys["min_words"][1]
+            got = self.number(node, "'min_words'", rule_id, MIN_WORDS, MAX_WORDS)
+            if got is not None and not got.is_integer():
+                self.error(node.loc, rule_id, f"'min_words' must be a whole number, got {got:g}")
+                got = None
+            if got is None:
+                return None
+            min_words = got
+        if reference is None:
+            return None
+        return OverlapLeaf(split_selector(reference), int(min_words), fields, key.loc.line)
 
     def validator(self, keys: dict[str, tuple[YScalar, YNode]], rule_id: str | None) -> Any:
         """The leaf's validator, None without one, False after an error."""
@@ -757,6 +790,15 @@ class _Loader:
         except ModifierError as exc:
             self.error(key.loc, rule_id, f"{key.text!r}: {exc}")
             return None
+        if test.refs:  # the values are selectors: check them where they are written
+            items = value.items if isinstance(value, YSeq) else (value,)
+            bad = [
+                v
+                for v in items
+                if isinstance(v, YScalar) and self.selector(str(v.value), v.loc, rule_id) is None
+            ]
+            if bad:
+                return None
         if test.operator == "re":
             for source in values:
                 problem = self.checked_value_regexes.setdefault(

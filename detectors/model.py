@@ -143,6 +143,16 @@ class MlLeaf:
 
 
 @dataclass(frozen=True, eq=False, slots=True)
+class OverlapLeaf:
+    """A field text shares ``min_words`` consecutive words with what ``reference`` reaches."""
+
+    reference: tuple[str, ...]  # selector segments, e.g. ("system_prompt", "text")
+    min_words: int
+    fields: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
 class ValueLeaf:
     selector: str
     test: ValueTest
@@ -164,8 +174,10 @@ class NotOf:
     child: Node
 
 
-TextLeaf = KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf
-Node = AnyOf | AllOf | NotOf | KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf | ValueLeaf
+TextLeaf = KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf | OverlapLeaf
+Node = (
+    AnyOf | AllOf | NotOf | KeywordLeaf | RegexLeaf | SignalLeaf | MlLeaf | OverlapLeaf | ValueLeaf
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Each modifier is a small class with a stable ``id``. Operators turn one
 expected value into a predicate over one field value; flags (``all``,
-``cased``) change how operators are applied. Every modifier is listed once in
-:data:`MODIFIERS`, the only registry.
+``cased``, ``count``, ``fieldref``) change how operators are applied. Every
+modifier is listed once in :data:`MODIFIERS`, the only registry.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import regex
+
+from detectors.fields import split_selector, values_at
 
 Scalar = str | int | float | bool
 Predicate = Callable[[Scalar], bool]
@@ -261,6 +263,20 @@ class Cased(Modifier):
     is_flag = True
 
 
+class Count(Modifier):
+    """The operator compares the number of values the selector reaches, not the values."""
+
+    id = "count"
+    is_flag = True
+
+
+class FieldRef(Modifier):
+    """The expected values are selectors: compare with what they reach in the same event."""
+
+    id = "fieldref"
+    is_flag = True
+
+
 def build_registry(classes: Iterable[type[Modifier]]) -> Mapping[str, type[Modifier]]:
     registry: dict[str, type[Modifier]] = {}
     for cls in classes:
@@ -271,8 +287,13 @@ def build_registry(classes: Iterable[type[Modifier]]) -> Mapping[str, type[Modif
 
 
 MODIFIERS: Mapping[str, type[Modifier]] = build_registry(
-    (Equals, In, Contains, StartsWith, EndsWith, Re, Cidr, Gt, Gte, Lt, Lte, Exists, All, Cased)
-)
+    (
+        Equals, In, Contains, StartsWith, EndsWith, Re, Cidr, Gt, Gte, Lt, Lte, Exists,
+        All, Cased, Count, FieldRef,
+    )
+)  # fmt: skip
+COUNT_OPERATORS = ("equals", "gt", "gte", "lt", "lte")
+FIELDREF_OPERATORS = ("equals", "in", "contains", "startswith", "endswith")
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -283,17 +304,37 @@ class ValueTest:
     predicates: tuple[Predicate, ...]
     match_all: bool
     exists: bool | None = None
+    count: bool = False  # compare the number of values
+    refs: tuple[tuple[str, ...], ...] = ()  # fieldref: the selectors' segments
+    cased: bool = False
 
-    def accepts(self, value: Scalar) -> bool:
-        """One value satisfies a predicate (what a finding shows as its evidence)."""
-        return self.exists is None and any(p(value) for p in self.predicates)
+    def bind(self, event: Mapping[str, Any]) -> tuple[Predicate, ...]:
+        """The predicates, a field reference resolved in ``event`` (none if it reaches nothing)."""
+        if not self.refs:
+            return self.predicates
+        wanted = tuple(value for segments in self.refs for value in values_at(event, segments)[0])
+        if not wanted:
+            return ()
+        return (_referenced(self.operator, wanted, self.cased),)
 
-    def holds(self, values: Sequence[Scalar], present: bool) -> bool:
+    def holds(
+        self, values: Sequence[Scalar], present: bool, event: Mapping[str, Any] | None = None
+    ) -> bool:
+        """The test over a selector's values (``event``: where a field reference resolves)."""
         if self.exists is not None:
             return present is self.exists
+        if self.count:
+            values = [len(values)]
+        predicates = self.bind(event) if self.refs and event is not None else self.predicates
         if self.match_all:
-            return all(any(p(v) for v in values) for p in self.predicates)
-        return any(p(v) for p in self.predicates for v in values)
+            return all(any(p(v) for v in values) for p in predicates)
+        return any(p(v) for p in predicates for v in values)
+
+
+@lru_cache(maxsize=_RE_CACHE_SIZE)
+def _referenced(operator: str, wanted: tuple[Scalar, ...], cased: bool) -> Predicate:
+    """The predicate for values a field reference reached; they recur (a user's allowed tools)."""
+    return MODIFIERS[operator].any_of(wanted, cased=cased)
 
 
 def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> ValueTest:
@@ -312,6 +353,15 @@ def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> V
     match_all = "all" in modifier_ids
     if not values:
         raise ModifierError("an empty list of values never matches")
+    if "count" in modifier_ids and "fieldref" in modifier_ids:
+        raise ModifierError("'count' and 'fieldref' cannot be combined")
+    if "fieldref" in modifier_ids:
+        return _fieldref_test(operator, values, cased=cased, match_all=match_all)
+    if "count" in modifier_ids and (operator not in COUNT_OPERATORS or cased):
+        raise ModifierError(
+            f"'count' takes one of {', '.join(COUNT_OPERATORS)} and a number, "
+            f"not {'cased' if cased else repr(operator)}"
+        )
     if operator == "exists":
         if len(values) != 1 or not isinstance(values[0], bool):
             raise ModifierError("'exists' takes true or false")
@@ -326,6 +376,26 @@ def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> V
         if not isinstance(value, str | int | float | bool):
             raise ModifierError(f"values must be strings, numbers or booleans, got {value!r}")
         scalars.append(value)
+    count = "count" in modifier_ids
+    if count and not all(_is_number(v) for v in scalars):
+        raise ModifierError(f"'count' compares with numbers, got {scalars[0]!r}")
     if match_all:  # each expected value must be met on its own
-        return ValueTest(operator, tuple(cls.predicate(v, cased=cased) for v in scalars), True)
-    return ValueTest(operator, (cls.any_of(scalars, cased=cased),), False)
+        predicates = tuple(cls.predicate(v, cased=cased) for v in scalars)
+        return ValueTest(operator, predicates, True, count=count, cased=cased)
+    return ValueTest(operator, (cls.any_of(scalars, cased=cased),), False, count=count, cased=cased)
+
+
+def _fieldref_test(
+    operator: str, values: Sequence[object], *, cased: bool, match_all: bool
+) -> ValueTest:
+    if operator not in FIELDREF_OPERATORS:
+        raise ModifierError(
+            f"'fieldref' takes one of {', '.join(FIELDREF_OPERATORS)}, not {operator!r}"
+        )
+    if match_all:
+        raise ModifierError("'fieldref' cannot be combined with 'all'")
+    selectors = [v for v in values if isinstance(v, str) and v]
+    if len(selectors) != len(values):
+        raise ModifierError(f"'fieldref' takes field selectors, got {values[0]!r}")
+    refs = tuple(split_selector(selector) for selector in selectors)
+    return ValueTest(operator, (), False, refs=refs, cased=cased)

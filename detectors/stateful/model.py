@@ -78,7 +78,7 @@ class Predicate:
             return None
         for segments, test in self.where:
             values, present = values_at(event, segments)
-            if not test.holds(values, present):
+            if not test.holds(values, present, event):
                 return None
         if self.no_finding is not None and any(self.no_finding.matches(f) for f in findings):
             return None

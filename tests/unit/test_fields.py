@@ -142,7 +142,7 @@ def test_value_test_any_of(
 ) -> None:
     test = build_value_test(modifiers, expected)
     assert test.holds([value], True) is holds
-    assert test.accepts(value) is holds
+    assert any(p(value) for p in test.bind({})) is holds
 
 
 def test_value_test_all_needs_every_expected_value() -> None:
@@ -150,3 +150,34 @@ def test_value_test_all_needs_every_expected_value() -> None:
     assert test.holds(["rm -rf /"], True)
     assert not test.holds(["rm file"], True)
     assert test.holds(["rm x", "ls -rf"], True)  # each expected value met by some value
+
+
+CONTEXT_EVENT: dict[str, Any] = {
+    "user": {"role": "Analyst", "allowed_tools": ["search", "Mail.Send"], "tags": []},
+    "tool": {"name": "mail.send", "arguments": {"to": ["a@x.io", "b@x.io", "c@x.io"]}},
+}
+
+
+@pytest.mark.parametrize(
+    ("selector", "modifiers", "expected", "holds"),
+    [
+        ("tool.arguments.to", ["count", "gte"], [3], True),
+        ("tool.arguments.to", ["count", "gt"], [3], False),
+        ("tool.arguments.to", ["count"], [3], True),  # equals
+        ("tool.arguments.to", ["count", "lt"], [1], False),
+        ("tool.arguments.cc", ["count"], [0], True),  # an absent field has no values
+        ("user.tags", ["count", "lte"], [0], True),
+        ("tool.name", ["fieldref"], ["user.allowed_tools"], True),  # case folded
+        ("tool.name", ["fieldref", "cased"], ["user.allowed_tools"], False),
+        ("tool.name", ["fieldref", "startswith"], ["user.role", "user.allowed_tools"], True),
+        ("tool.name", ["fieldref"], ["user.role"], False),
+        ("tool.name", ["fieldref"], ["user.missing"], False),  # nothing to compare with
+        ("user.role", ["fieldref", "contains"], ["tool.name"], False),
+    ],
+)  # fmt: skip
+def test_count_and_fieldref(
+    selector: str, modifiers: list[str], expected: list[Any], holds: bool
+) -> None:
+    test = build_value_test(modifiers, expected)
+    values, present = values_at(CONTEXT_EVENT, split_selector(selector))
+    assert test.holds(values, present, CONTEXT_EVENT) is holds

@@ -112,6 +112,46 @@ CASES = [
     ("min_score without ml", HEAD + RULE.replace(
         "keywords: [bad phrase]", "keywords: [bad phrase]\n      min_score: 0.5"),
      "r.yaml:13:7: r1: 'min_score' needs 'ml' in the same mapping"),
+    ("overlap without a selector", HEAD + RULE.replace("keywords: [bad phrase]", "overlap: 5"),
+     "r.yaml:12:16: r1: 'overlap' must be a string, got a number"),
+    ("overlap with an unknown root", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "overlap: sytem_prompt.text"),
+     "r.yaml:12:16: r1: selector 'sytem_prompt.text' has unknown root 'sytem_prompt' "
+     "(did you mean 'system_prompt'?)"),
+    ("min_words not whole", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "overlap: system_prompt.text\n      min_words: 7.5"),
+     "r.yaml:13:18: r1: 'min_words' must be a whole number, got 7.5"),
+    ("min_words out of range", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "overlap: system_prompt.text\n      min_words: 2"),
+     "r.yaml:13:18: r1: 'min_words' must be between 3 and 64"),
+    ("min_words without overlap", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "keywords: [bad phrase]\n      min_words: 9"),
+     "r.yaml:13:7: r1: 'min_words' needs 'overlap' in the same mapping"),
+    ("fieldref to an unknown root", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.name|fieldref': usr.allowed_tools"),
+     "r.yaml:12:29: r1: selector 'usr.allowed_tools' has unknown root 'usr' "
+     "(did you mean 'user'?)"),
+    ("fieldref with re", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.name|fieldref|re': user.allowed_tools"),
+     "r.yaml:12:7: r1: 'tool.name|fieldref|re': 'fieldref' takes one of equals, in, contains, "
+     "startswith, endswith, not 're'"),
+    ("fieldref with all", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.name|fieldref|all': [user.role, user.department]"),
+     "r.yaml:12:7: r1: 'tool.name|fieldref|all': 'fieldref' cannot be combined with 'all'"),
+    ("fieldref with a number", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.name|fieldref': 3"),
+     "r.yaml:12:7: r1: 'tool.name|fieldref': 'fieldref' takes field selectors, got 3"),
+    ("count with contains", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.arguments.to|count|contains': 3"),
+     "r.yaml:12:7: r1: 'tool.arguments.to|count|contains': 'count' takes one of equals, gt, gte, "
+     "lt, lte and a number, not 'contains'"),
+    ("count with a string", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.arguments.to|count|gte': ten"),
+     "r.yaml:12:7: r1: 'tool.arguments.to|count|gte': 'count' compares with numbers, got 'ten'"),
+    ("count with fieldref", HEAD + RULE.replace(
+        "keywords: [bad phrase]", "'tool.arguments.to|count|fieldref': user.role"),
+     "r.yaml:12:7: r1: 'tool.arguments.to|count|fieldref': 'count' and 'fieldref' cannot be "
+     "combined"),
     ("logic with siblings", HEAD + RULE.replace(
         "keywords: [bad phrase]", "any: [{keywords: [a]}]\n      keywords: [b]"),
      "r.yaml:12:7: r1: 'any' must be the only key of its mapping"),

@@ -106,8 +106,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
         BASE.replace("at_least: 5", "at_least: 5\n    match: {where: {'latency_ms|gtx': 5}}"),
         [
             ("r.yaml:15:21: r1: 'latency_ms|gtx': unknown modifier 'gtx' "
-             '(known: all, cased, cidr, contains, endswith, equals, exists, gt, '
-             'gte, in, lt, lte, re, startswith)'),
+             '(known: all, cased, cidr, contains, count, endswith, equals, exists, '
+             'fieldref, gt, gte, in, lt, lte, re, startswith)'),
         ],
     ),
     "steps": (
