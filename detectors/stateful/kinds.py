@@ -293,6 +293,54 @@ def _empty(aggregate: str) -> list[Any]:
     return [0, {}] if aggregate == "p95" else [0, 0.0]
 
 
+def _baseline_state(stored: dict[str, Any] | None, bucketed: bool) -> dict[str, Any]:
+    """A baseline state, with what states of older workers lack filled in.
+
+    Bucketed aggregates keep the key's recent closed buckets (``h``, ``[bucket,
+    aggregate]`` in order) open for late events, and ``base``, ``[ewma, n, last
+    bucket]`` of everything folded before them; ``ewma``/``n`` are the result of
+    folding both, kept for the current bucket's test.
+    """
+    state = stored or {"b": None, "agg": None, "ewma": None, "n": 0, "fired": []}
+    if bucketed and "h" not in state:  # everything before the current bucket is folded
+        state["h"] = []
+        state["base"] = [state["ewma"], state["n"], None if state["b"] is None else state["b"] - 1]
+    if not isinstance(state["fired"], list):
+        state["fired"] = [] if state["fired"] is None else [state["fired"]]
+    return state
+
+
+def _decayed(
+    spec: BaselineSpec, ewma: float | None, n: int, last: int | None, until: int
+) -> tuple[float | None, int]:
+    """Counts and sums take the empty buckets between ``last`` and ``until`` as zeros."""
+    if last is not None and ewma is not None and spec.aggregate in ("count", "sum"):
+        gap = until - last - 1
+        if gap > 0:
+            ewma *= (1 - spec.alpha) ** min(gap, 10_000)
+            n += gap
+    return ewma, n
+
+
+def _fold(spec: BaselineSpec, base: list[Any], bucket: int, agg: list[Any]) -> list[Any]:
+    """``base`` (``[ewma, n, last bucket]``) after the empty buckets and then ``bucket``."""
+    ewma, n = _decayed(spec, base[0], base[1], base[2], bucket)
+    metric = _metric(spec.aggregate, agg)
+    if metric is not None:
+        ewma = metric if ewma is None else spec.alpha * metric + (1 - spec.alpha) * ewma
+        n += 1
+    return [ewma, n, bucket]
+
+
+def _replay(
+    spec: BaselineSpec, base: list[Any], history: Sequence[list[Any]], until: int
+) -> tuple[float | None, int]:
+    """The EWMA and its bucket count at the start of bucket ``until``."""
+    for bucket, agg in history:
+        base = _fold(spec, base, bucket, agg)
+    return _decayed(spec, base[0], base[1], base[2], until)
+
+
 class Baseline(Kind):
     """A per-key metric per bucket (or per event) against the key's own EWMA baseline.
 
@@ -324,7 +372,7 @@ class Baseline(Kind):
         spec = rule.spec
         assert isinstance(spec, BaselineSpec)
         skey = state_key(rule.id, key)
-        state = states.get(skey) or {"b": None, "agg": None, "ewma": None, "n": 0, "fired": None}
+        state = _baseline_state(states.get(skey), spec.aggregate != "each")
         fired: list[Fired] = []
         for obs in observations:
             if spec.aggregate == "each":
@@ -338,21 +386,24 @@ class Baseline(Kind):
                 state["n"] += 1
                 continue
             bucket = int(obs.ts // spec.bucket)
+            value_or_partial = obs.payload if isinstance(obs.payload, list) else float(obs.payload)
             if state["b"] is None:
                 state["b"], state["agg"] = bucket, _empty(spec.aggregate)
             elif bucket > state["b"]:
                 self._close(spec, state, bucket)
             elif bucket < state["b"]:
-                continue  # late for a closed bucket
-            _add(spec.aggregate, state["agg"],
-                 obs.payload if isinstance(obs.payload, list) else float(obs.payload))
-            if state["fired"] == bucket:
+                late = self._late(spec, state, bucket, value_or_partial)
+                if late is not None:
+                    fired.append(self._fired(spec, key, obs, **late))
+                continue
+            _add(spec.aggregate, state["agg"], value_or_partial)
+            if bucket in state["fired"]:
                 continue
             metric = _metric(spec.aggregate, state["agg"])
             samples = state["agg"][0]
             if metric is not None and self._fires(spec, metric, state["ewma"], state["n"],
                                                   samples):
-                state["fired"] = bucket
+                state["fired"].append(bucket)
                 fired.append(self._fired(spec, key, obs, metric=metric, baseline=state["ewma"],
                                          samples=samples, bucket_start=bucket * spec.bucket))
         states.put(skey, state)
@@ -360,18 +411,41 @@ class Baseline(Kind):
 
     @staticmethod
     def _close(spec: BaselineSpec, state: dict[str, Any], bucket: int) -> None:
-        """Fold the finished bucket (and, for counts and sums, the empty ones) into the EWMA."""
-        metric = _metric(spec.aggregate, state["agg"])
-        if metric is not None:
-            previous = state["ewma"]
-            state["ewma"] = metric if previous is None else (
-                spec.alpha * metric + (1 - spec.alpha) * previous)
-            state["n"] += 1
-        gap = bucket - state["b"] - 1
-        if gap > 0 and spec.aggregate in ("count", "sum") and state["ewma"] is not None:
-            state["ewma"] *= (1 - spec.alpha) ** min(gap, 10_000)
-            state["n"] += gap
+        """Keep the finished bucket open for late events; fold what falls out of the
+        allowance into the base; the EWMA is the base followed by the kept buckets."""
+        state["h"].append([state["b"], state["agg"]])
+        horizon = bucket - spec.late_buckets
+        while state["h"] and state["h"][0][0] < horizon:
+            state["base"] = _fold(spec, state["base"], *state["h"].pop(0))
+        state["fired"] = [b for b in state["fired"] if b >= horizon]
         state["b"], state["agg"] = bucket, _empty(spec.aggregate)
+        state["ewma"], state["n"] = _replay(spec, state["base"], state["h"], bucket)
+
+    def _late(
+        self, spec: BaselineSpec, state: dict[str, Any], bucket: int, value: float | list[Any]
+    ) -> dict[str, Any] | None:
+        """Add a late value to its kept bucket; what to alert on if that bucket now fires."""
+        folded_until = state["base"][2]
+        if bucket < state["b"] - spec.late_buckets or (
+            folded_until is not None and bucket <= folded_until
+        ):
+            return None  # beyond the allowance: dropped
+        history: list[list[Any]] = state["h"]
+        index = next((i for i, (b, _) in enumerate(history) if b >= bucket), len(history))
+        if index == len(history) or history[index][0] != bucket:
+            history.insert(index, [bucket, _empty(spec.aggregate)])
+        agg = history[index][1]
+        _add(spec.aggregate, agg, value)
+        state["ewma"], state["n"] = _replay(spec, state["base"], history, state["b"])
+        if bucket in state["fired"]:
+            return None
+        baseline, warm = _replay(spec, state["base"], history[:index], bucket)
+        metric = _metric(spec.aggregate, agg)
+        if metric is None or not self._fires(spec, metric, baseline, warm, agg[0]):
+            return None
+        state["fired"].append(bucket)
+        return {"metric": metric, "baseline": baseline, "samples": agg[0],
+                "bucket_start": bucket * spec.bucket}
 
     @staticmethod
     def _fires(

@@ -57,7 +57,8 @@ KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # required, o
     "distinct": (("field", "window", "at_least"), ("normalise",)),
     "sequence": (("steps", "within"), ("join",)),
     "baseline": (("aggregate",), ("value", "measure", "bucket", "above", "drift", "exceeds",
-                                  "warmup", "alpha", "min_samples", "min_value")),
+                                  "warmup", "alpha", "min_samples", "min_value",
+                                  "late_buckets")),
     "profile": (("check",), ()),
     "campaign": (("window", "users_at_least"), ("field", "similarity", "min_chars")),
 }
@@ -68,6 +69,10 @@ HYGIENE_KEYS = ("rules", "by", "dedup", "rate_limit")
 RATE_KEYS = ("max", "per")
 SCENARIO_KEYS = ("name", "users", "events")
 SUPPRESSION_KEYS = ("rule", "user", "service", "until", "reason")
+# closed buckets a baseline key keeps open for late events (a backlog replayed by
+# several workers reaches a key out of order); each costs one aggregate of state
+DEFAULT_LATE_BUCKETS = 24
+MAX_LATE_BUCKETS = 168
 DETECTORS = ("pattern", "ml", "anomaly", "correlation")
 MODES = ("sliding", "tumbling")
 MAX_WINDOW = 90 * 86400.0
@@ -98,13 +103,15 @@ class _StatefulLoader(_Loader):
             return None
         return seconds
 
-    def count(self, node: YNode, what: str, rule_id: str | None, low: int) -> int | None:
+    def count(
+        self, node: YNode, what: str, rule_id: str | None, low: int, high: int = MAX_COUNT
+    ) -> int | None:
         value = node.value if isinstance(node, YScalar) else None
         if not isinstance(value, int) or isinstance(value, bool):
             self.error(node.loc, rule_id, f"{what} must be a whole number, got {describe(node)}")
             return None
-        if not low <= value <= MAX_COUNT:
-            self.error(node.loc, rule_id, f"{what} must be between {low} and {MAX_COUNT}")
+        if not low <= value <= high:
+            self.error(node.loc, rule_id, f"{what} must be between {low} and {high}")
             return None
         return value
 
@@ -326,10 +333,16 @@ class _StatefulLoader(_Loader):
         min_samples = opt("min_samples", lambda n: self.count(n, "'min_samples'", rule_id, 1), 1)
         min_value = opt("min_value", lambda n: self.number(n, "'min_value'", rule_id, 0, 1e12),
                         0.0)
+        late = opt("late_buckets",
+                   lambda n: self.count(n, "'late_buckets'", rule_id, 0, MAX_LATE_BUCKETS),
+                   DEFAULT_LATE_BUCKETS)
+        if aggregate == "each" and mapping.get("late_buckets") is not None:
+            self.error(mapping.key_loc("late_buckets"), rule_id,
+                       "aggregate 'each' takes no 'late_buckets'")
         if len(self.errors) > before:
             return None
         return BaselineSpec(value, measure, str(aggregate), float(bucket or 0.0), above, drift,
-                            exceeds, warmup, alpha, min_samples, min_value)
+                            exceeds, warmup, alpha, min_samples, min_value, late)
 
     # ------------------------------------------------------------ examples
 

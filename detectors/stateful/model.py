@@ -132,6 +132,7 @@ class BaselineSpec:
     alpha: float
     min_samples: int
     min_value: float
+    late_buckets: int  # closed buckets a key keeps open for late events
 
 
 @dataclass(frozen=True, slots=True)

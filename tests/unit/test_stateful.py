@@ -251,6 +251,73 @@ def test_baseline_volume(tmp_path: Path, history_hours: int, burst: int, fires: 
         assert alerts[0]["correlation"]["baseline"] == pytest.approx(5.0)
 
 
+def apply_batches(detector: StatefulDetector, store: MemoryStore,
+                  batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Stage two over compacted batches in the given order: how workers' records arrive."""
+    alerts: list[dict[str, Any]] = []
+    for events in batches:
+        observations = [o for e in events for o in detector.observe(e, [], no_context)]
+        alerts += detector.apply(detector.compact(observations), (), store, scope="0",
+                                 context=no_context, detected_at="")
+    return alerts
+
+
+def hourly(hours: range, minutes: range) -> list[list[dict[str, Any]]]:
+    return [[ev(h * 3600 + m * 60) for m in minutes] for h in hours]
+
+
+@pytest.mark.parametrize(("late_buckets", "baseline"), [
+    (24, 6.0),  # the lagging worker's hours still count: as if in order
+    (0, None),  # dropped: the baseline is lower than in order
+])
+def test_a_lagging_worker_still_counts_toward_the_baseline(
+    tmp_path: Path, late_buckets: int, baseline: float | None
+) -> None:
+    """Six hours of six prompts, three seen by each of two workers; one worker's records
+    of all six hours arrive after the other's, then a burst of 20."""
+    detector = StatefulDetector(volume(tmp_path, f"late_buckets: {late_buckets}"))
+    in_order = apply_batches(detector, MemoryStore(),
+                             [[*a, *b] for a, b in zip(hourly(range(6), range(0, 60, 20)),
+                                                       hourly(range(6), range(10, 60, 20)),
+                                                       strict=True)]
+                             + hourly(range(6, 7), range(20)))
+    lagging = apply_batches(detector, MemoryStore(),
+                            hourly(range(6), range(0, 60, 20)) + hourly(range(6), range(10, 60, 20))
+                            + hourly(range(6, 7), range(20)))
+    assert in_order[0]["correlation"]["baseline"] == pytest.approx(6.0)
+    if baseline is None:
+        assert lagging[0]["correlation"]["baseline"] < 5.0
+    else:
+        assert [a["correlation"] for a in lagging] == [a["correlation"] for a in in_order]
+
+
+def test_a_late_burst_fires_for_its_own_bucket_once(tmp_path: Path) -> None:
+    detector = StatefulDetector(volume(tmp_path))
+    store = MemoryStore()
+    assert apply_batches(detector, store, hourly(range(6), range(0, 60, 12))
+                         + hourly(range(7, 8), range(0, 60, 12))) == []
+    late_burst = hourly(range(6, 7), range(20))  # hour 6 arrives after hour 7
+    (alert,) = apply_batches(detector, store, late_burst)
+    assert alert["correlation"]["bucket_start"] == format_time(START + 6 * 3600)
+    assert alert["correlation"]["observed"] == 20
+    assert alert["correlation"]["baseline"] == pytest.approx(5.0)
+    assert apply_batches(detector, store, hourly(range(6, 7), range(20, 40))) == []
+
+
+def test_a_baseline_state_of_an_older_worker_goes_on(tmp_path: Path) -> None:
+    """States written before late buckets were kept: no history, ``fired`` a number."""
+    detector = StatefulDetector(volume(tmp_path))
+    store = MemoryStore()
+    apply_batches(detector, store, hourly(range(6), range(0, 60, 12)))
+    key = "r\x1fu-1"
+    state = store.get(key)
+    store.set(key, {"b": state["b"], "agg": state["agg"], "ewma": state["ewma"],
+                    "n": state["n"], "fired": None})
+    (alert,) = apply_batches(detector, store, hourly(range(6, 7), range(20)))
+    assert alert["correlation"]["baseline"] == pytest.approx(5.0)
+    assert apply_batches(detector, store, hourly(range(2, 3), range(30))) == []  # too late
+
+
 @pytest.mark.parametrize(("lengths", "fires"), [
     ([100] * 6 + [130], True), ([100] * 6 + [70], True), ([100] * 6 + [115], False),
 ])

@@ -144,6 +144,28 @@ CASES: dict[str, tuple[str, list[str]]] = {
             "r.yaml:5:5: r1: aggregate 'mean' needs a 'value' selector",
         ],
     ),
+    "late_buckets": (
+        BASE
+            .replace("kind: threshold", "kind: baseline")
+            .replace(
+                "    window: 10m\n    at_least: 5\n",
+                "    aggregate: count\n"
+                "    bucket: 1h\n"
+                "    above: 3\n"
+                "    late_buckets: 200\n"),
+        ["r.yaml:16:19: r1: 'late_buckets' must be between 0 and 168"],
+    ),
+    "late_buckets_each": (
+        BASE
+            .replace("kind: threshold", "kind: baseline")
+            .replace(
+                "    window: 10m\n    at_least: 5\n",
+                "    aggregate: each\n"
+                "    value: usage.prompt_tokens\n"
+                "    above: 3\n"
+                "    late_buckets: 2\n"),
+        ["r.yaml:16:5: r1: aggregate 'each' takes no 'late_buckets'"],
+    ),
     "scenario_at": (
         BASE.replace("{at: 0s}", "{at: soon}"),
         ["r.yaml:17:25: r1: 'at' must be a time offset such as 0s, 90s or 2h, got 'soon'"],
