@@ -461,7 +461,7 @@ class _Evaluation:
             nodes = nodes_at(self.event, segments)
             if bool(nodes) is not test.exists:
                 return None
-            if nodes and len(nodes) == 1 and isinstance(nodes[0][1], str | int | float):
+            if len(nodes) == 1 and isinstance(nodes[0][1], str | int | float):
                 path, value = nodes[0]  # a present scalar shows itself
                 text = _as_text(value)
                 return [Hit(-1, 0, len(text), path, 0.0, text)]

@@ -312,7 +312,11 @@ class ValueTest:
         """The predicates, a field reference resolved in ``event`` (none if it reaches nothing)."""
         if not self.refs:
             return self.predicates
-        wanted = tuple(value for segments in self.refs for value in values_at(event, segments)[0])
+        wanted = tuple(
+            (type(value), value)  # typed: True and 1 are equal keys of a cache
+            for segments in self.refs
+            for value in values_at(event, segments)[0]
+        )
         if not wanted:
             return ()
         return (_referenced(self.operator, wanted, self.cased),)
@@ -332,9 +336,9 @@ class ValueTest:
 
 
 @lru_cache(maxsize=_RE_CACHE_SIZE)
-def _referenced(operator: str, wanted: tuple[Scalar, ...], cased: bool) -> Predicate:
+def _referenced(operator: str, wanted: tuple[tuple[type, Scalar], ...], cased: bool) -> Predicate:
     """The predicate for values a field reference reached; they recur (a user's allowed tools)."""
-    return MODIFIERS[operator].any_of(wanted, cased=cased)
+    return MODIFIERS[operator].any_of([value for _, value in wanted], cased=cased)
 
 
 def build_value_test(modifier_ids: Sequence[str], values: Sequence[object]) -> ValueTest:

@@ -181,3 +181,11 @@ def test_count_and_fieldref(
     test = build_value_test(modifiers, expected)
     values, present = values_at(CONTEXT_EVENT, split_selector(selector))
     assert test.holds(values, present, CONTEXT_EVENT) is holds
+
+
+def test_fieldref_keeps_types_apart() -> None:
+    """A number does not equal a boolean, even through the cache of referenced values."""
+    test = build_value_test(["fieldref"], ["user.level"])
+    assert test.holds([1], True, {"user": {"level": 1}})
+    assert not test.holds([1], True, {"user": {"level": True}})
+    assert test.holds([True], True, {"user": {"level": True}})
