@@ -25,7 +25,14 @@ from typing import Any, NamedTuple
 
 import regex
 
-from detectors.fields import leaves_at, nodes_at, split_selector, strings_at, values_at
+from detectors.fields import (
+    leaves_at,
+    nodes_at,
+    split_selector,
+    strings_at,
+    values_at,
+    values_of,
+)
 from detectors.findings import Evidence, Finding, excerpt, fingerprint
 from detectors.matcher import MAX_LITERAL_ENDS, KeywordScan, Matcher, hyperscan_available
 from detectors.ml import Classifier
@@ -420,6 +427,8 @@ class _Evaluation:
         self.positions: dict[int, Utf8Positions] = {}  # id(view) -> its byte-to-character map
         # (pattern, leaf, view) -> accepted matches; fields sharing a text share its views
         self.matched: dict[tuple[int, int, int], list[tuple[int, int, str]]] = {}
+        # selector segments -> the nodes they reach (value tests share selectors: tool.name)
+        self.nodes: dict[tuple[str, ...], list[tuple[str, Any]]] = {}
 
     def node(self, node: Node) -> list[Hit] | None:
         if isinstance(node, AnyOf):
@@ -456,9 +465,11 @@ class _Evaluation:
 
     def _values(self, leaf: ValueLeaf) -> list[Hit] | None:
         segments = split_selector(leaf.selector)
+        nodes = self.nodes.get(segments)
+        if nodes is None:
+            nodes = self.nodes[segments] = nodes_at(self.event, segments)
         test = leaf.test
         if test.exists is not None:  # presence alone: no need to walk the values
-            nodes = nodes_at(self.event, segments)
             if bool(nodes) is not test.exists:
                 return None
             if len(nodes) == 1 and isinstance(nodes[0][1], str | int | float):
@@ -466,13 +477,13 @@ class _Evaluation:
                 text = _as_text(value)
                 return [Hit(-1, 0, len(text), path, 0.0, text)]
             return [Hit(-1, -1, -1, leaf.selector, 0.0)]
-        values, present = values_at(self.event, segments)
-        if not test.holds(values, present, self.event):
+        values = values_of(nodes)[0]
+        predicates = test.bind(self.event)
+        if not test.met(values, predicates):
             return None
         if test.count:
             shown = f"{len(values)} values"
             return [Hit(-1, 0, len(shown), leaf.selector, 0.0, shown)]
-        predicates = test.bind(self.event)
         for path, value in leaves_at(self.event, segments):
             if any(p(value) for p in predicates):  # the value to show as evidence
                 text = _as_text(value)

@@ -122,8 +122,14 @@ def values_at(event: Mapping[str, Any], segments: Sequence[str]) -> tuple[list[S
 
     Each node the selector reaches contributes at most ``MAX_LEAVES`` values.
     """
+    return values_of(_resolve(event, segments))
+
+
+def values_of(nodes: Sequence[tuple[str, Any]]) -> tuple[list[Scalar], bool]:
+    """:func:`values_at` of nodes :func:`nodes_at` found."""
+    if len(nodes) == 1 and isinstance(nodes[0][1], _SCALARS):  # one value: no walk
+        return [nodes[0][1]], True
     values: list[Scalar] = []
-    nodes = _resolve(event, segments)
     for path, node in nodes:
         found: list[tuple[str, Scalar]] = []
         _leaves(path, node, 0, found, MAX_LEAVES)

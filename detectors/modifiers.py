@@ -312,13 +312,11 @@ class ValueTest:
         """The predicates, a field reference resolved in ``event`` (none if it reaches nothing)."""
         if not self.refs:
             return self.predicates
-        wanted = tuple(
-            (type(value), value)  # typed: True and 1 are equal keys of a cache
-            for segments in self.refs
-            for value in values_at(event, segments)[0]
-        )
-        if not wanted:
+        found = [value for segments in self.refs for value in values_at(event, segments)[0]]
+        if not found:
             return ()
+        # typed: True and 1 are equal keys of the cache
+        wanted = tuple(zip(map(type, found), found, strict=True))
         return (_referenced(self.operator, wanted, self.cased),)
 
     def holds(
@@ -327,9 +325,12 @@ class ValueTest:
         """The test over a selector's values (``event``: where a field reference resolves)."""
         if self.exists is not None:
             return present is self.exists
+        return self.met(values, self.bind(event) if event is not None else self.predicates)
+
+    def met(self, values: Sequence[Scalar], predicates: Sequence[Predicate]) -> bool:
+        """The operator's test over the values, with :meth:`bind`'s predicates."""
         if self.count:
             values = [len(values)]
-        predicates = self.bind(event) if self.refs and event is not None else self.predicates
         if self.match_all:
             return all(any(p(v) for v in values) for p in predicates)
         return any(p(v) for p in predicates for v in values)
