@@ -10,7 +10,7 @@
 * the **regex views**: the original text, plus (only when folding changed more
   than case and whitespace) the folded text before case folding and whitespace
   collapsing;
-* one extra **source** per embedded payload (base64, hex, URL-encoded, Unicode
+* one extra **source** per embedded payload (base64, base32, hex, URL-encoded, Unicode
   tag characters) decoded and normalised the same way (one level deep, bounded
   in count and size).
 
@@ -30,6 +30,7 @@ the keyword view of the same source.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import codecs
 import re
@@ -189,6 +190,8 @@ _B64_MARK = bytes(ord("x") if i in _B64_CHARS else ord(" ") for i in range(256))
 _MIN_RUN = 16
 _RUN_NEEDLE = b"x" * _MIN_RUN
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
+_BASE32_RE = re.compile(r"[A-Z2-7]+")
+_BASE32_TAILS = frozenset({0, 2, 4, 5, 7})  # lengths mod 8 a base32 body can have
 _PCT_ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
 _MIN_URL_ESCAPES = 3
 _CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
@@ -578,16 +581,31 @@ def _decode_base64(run: str) -> str | None:
     return _printable(raw)
 
 
+def _decode_base32(run: str) -> str | None:
+    body = run.rstrip("=")
+    if len(body) % 8 not in _BASE32_TAILS or not _BASE32_RE.fullmatch(body):
+        return None
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except binascii.Error:
+        return None
+    return _printable(raw)
+
+
 def _decode_run(run: str) -> tuple[str, str] | None:
     if _HEX_RE.fullmatch(run):  # hex digits only: hex or nothing
         text = _printable(bytes.fromhex(run)) if len(run) % 2 == 0 else None
         return ("hex", text) if text is not None else None
     text = _decode_base64(run)
-    return ("base64", text) if text is not None else None
+    if text is not None:
+        return ("base64", text)
+    text = _decode_base32(run)  # its alphabet is inside base64's: binary as base64
+    return ("base32", text) if text is not None else None
 
 
 def _encoded_runs(text: str, limits: Limits) -> list[tuple[int, int, str, str]]:
-    """Runs of 16 or more base64/hex characters (and their ``=`` padding) that decode.
+    """Runs of 16 or more base64/hex characters (and their ``=`` padding) that decode
+    (as hex, base64 or, for upper-case letters and 2-7 only, base32).
 
     The runs are found with a byte translation and ``bytes.find`` at memory
     speed; the text is encoded with one ``?`` per non-ASCII character, so byte
