@@ -79,6 +79,7 @@ MAX_MATCH_ENDS = 256
 RECENT_TEXTS = 2048
 RECENT_BUDGET = 2_000_000
 _NO_PAYLOADS = Limits(max_payloads=0)
+MAX_KEPT_REFERENCE = 16_000  # characters of an overlap reference (a system prompt) worth keeping
 
 
 class Hit(NamedTuple):
@@ -804,10 +805,20 @@ def field_key(path: str) -> str:
     return ""
 
 
-@lru_cache(maxsize=256)
 def _reference(text: str, size: int) -> Reference:
-    """A reference text's folded word runs; kept, as system prompts recur."""
+    """A reference text's folded word runs; kept when short enough, as system prompts recur."""
+    if len(text) > MAX_KEPT_REFERENCE:
+        return _build_reference(text, size)
+    return _kept_reference(text, size)
+
+
+def _build_reference(text: str, size: int) -> Reference:
     return reference(normalise(text, limits=_NO_PAYLOADS).sources[0].kw.text, size)
+
+
+# About 30 bytes of hashes per character: 32 kept references of 16,000 characters hold
+# under 16 MB (system prompts are mostly a few thousand characters).
+_kept_reference = lru_cache(maxsize=32)(_build_reference)
 
 
 def _as_text(value: object) -> str:

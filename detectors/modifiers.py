@@ -152,6 +152,7 @@ class EndsWith(_TextTest):
 _RE_TIMEOUT = 0.05
 _RE_CACHE_SIZE = 4096
 _RE_CACHED_CHARS = 256
+_REFERENCED_CACHED_CHARS = 4096  # field-reference values kept with their predicate, at most
 
 
 class Re(Modifier):
@@ -315,6 +316,8 @@ class ValueTest:
         found = [value for segments in self.refs for value in values_at(event, segments)[0]]
         if not found:
             return ()
+        if sum(len(v) for v in found if isinstance(v, str)) > _REFERENCED_CACHED_CHARS:
+            return (MODIFIERS[self.operator].any_of(found, cased=self.cased),)  # too big to keep
         # typed: True and 1 are equal keys of the cache
         wanted = tuple(zip(map(type, found), found, strict=True))
         return (_referenced(self.operator, wanted, self.cased),)

@@ -8,11 +8,12 @@ look-alikes, other scripts' case and zero-width characters do not either.)
 
 A text *shares a run* with a reference when some ``size`` consecutive words
 of it also occur consecutively in the reference. A :class:`Reference` keeps
-every run of ``size`` words of its text and every run of half as many; a
-text is first probed with its consecutive, non-overlapping half-runs (any
-shared run of ``size`` words contains one of them whole), so most texts cost
-one split and a few set probes, and only a text that passes is checked word
-by word.
+the hash of every run of ``size`` words of its text and of every run of half
+as many (half the memory of the runs themselves: the engine keeps the
+references of recurring system prompts); a text is first probed with its
+consecutive, non-overlapping half-runs (any shared run of ``size`` words
+contains one of them whole), so most texts cost one split and a few set
+probes, and only a text that passes is checked word by word.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ Words = list[bytes]
 
 class Reference(NamedTuple):
     size: int
-    probes: frozenset[tuple[bytes, ...]]  # every run of (size + 1) // 2 words
-    runs: frozenset[tuple[bytes, ...]]  # every run of size words
+    probes: frozenset[int]  # hashes of every run of (size + 1) // 2 words
+    runs: frozenset[int]  # hashes of every run of size words
 
 
 class Run(NamedTuple):
@@ -47,8 +48,9 @@ def words(text: str) -> Words:
     return text.encode("utf-8", "surrogatepass").translate(_TABLE).split()
 
 
-def _grams(tokens: Words, size: int) -> list[tuple[bytes, ...]]:
-    return list(zip(*(tokens[i:] for i in range(size)), strict=False))
+def _grams(tokens: Words, size: int) -> list[int]:
+    """The hash of every run of ``size`` words (equal runs, equal hashes, in one process)."""
+    return list(map(hash, zip(*(tokens[i:] for i in range(size)), strict=False)))
 
 
 def reference(text: str, size: int) -> Reference:
@@ -68,7 +70,7 @@ def shared_run(text: str, ref: Reference) -> Run | None:
         return None
     # A shared run [p, p + size) holds the half-run starting at the first multiple of
     # `half` from p, since half <= size - half + 1.
-    if ref.probes.isdisjoint(zip(*[iter(tokens)] * half, strict=False)):
+    if ref.probes.isdisjoint(map(hash, zip(*[iter(tokens)] * half, strict=False))):
         return None
     best_start, best_length, start = 0, 0, -1
     for index, gram in enumerate(_grams(tokens, size)):

@@ -189,3 +189,12 @@ def test_fieldref_keeps_types_apart() -> None:
     assert test.holds([1], True, {"user": {"level": 1}})
     assert not test.holds([1], True, {"user": {"level": True}})
     assert test.holds([True], True, {"user": {"level": True}})
+
+
+def test_fieldref_to_a_long_text_gives_the_same_answers() -> None:
+    """Values too long to keep in the cache are compared all the same."""
+    long_text = "x" * 5000 + " needle"
+    test = build_value_test(["fieldref", "contains"], ["response.text"])
+    event = {"response": {"text": long_text}}
+    assert test.holds(["needle"], True, event) is False  # the value contains the reference
+    assert test.holds([long_text + "!"], True, event)
