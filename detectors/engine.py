@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import regex
 
 from detectors.fields import (
-    leaves_at,
+    leaves_of,
     nodes_at,
     split_selector,
     strings_at,
@@ -485,7 +485,7 @@ class _Evaluation:
         if test.count:
             shown = f"{len(values)} values"
             return [Hit(-1, 0, len(shown), leaf.selector, 0.0, shown)]
-        for path, value in leaves_at(self.event, segments):
+        for path, value in leaves_of(nodes):
             if any(p(value) for p in predicates):  # the value to show as evidence
                 text = _as_text(value)
                 return [Hit(-1, 0, len(text), path, 0.0, text)]

@@ -93,10 +93,13 @@ def leaves_at(
     event: Mapping[str, Any], segments: Sequence[str], *, max_leaves: int = MAX_LEAVES
 ) -> list[tuple[str, Scalar]]:
     """Every scalar leaf under the selector, with its concrete path (at most ``max_leaves``)."""
-    return _leaves_of(_resolve(event, segments), max_leaves)
+    return leaves_of(_resolve(event, segments), max_leaves)
 
 
-def _leaves_of(nodes: list[tuple[str, Any]], max_leaves: int) -> list[tuple[str, Scalar]]:
+def leaves_of(
+    nodes: Sequence[tuple[str, Any]], max_leaves: int = MAX_LEAVES
+) -> list[tuple[str, Scalar]]:
+    """:func:`leaves_at` of nodes :func:`nodes_at` found."""
     out: list[tuple[str, Scalar]] = []
     for path, node in nodes:
         if len(out) >= max_leaves:
@@ -112,9 +115,7 @@ def strings_at(
     nodes = _resolve(event, segments)
     if len(nodes) == 1 and isinstance(nodes[0][1], str):  # one text field: no walk
         return nodes
-    return [
-        (path, value) for path, value in _leaves_of(nodes, max_leaves) if isinstance(value, str)
-    ]
+    return [(path, value) for path, value in leaves_of(nodes, max_leaves) if isinstance(value, str)]
 
 
 def values_at(event: Mapping[str, Any], segments: Sequence[str]) -> tuple[list[Scalar], bool]:
