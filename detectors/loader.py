@@ -79,6 +79,7 @@ LOGIC_KEYS = ("any", "all", "not", "macro")
 DEFAULT_SCORE = 0.8
 DEFAULT_MIN_WORDS = 8  # an overlap leaf's run: a sentence, not a common phrase
 MIN_WORDS, MAX_WORDS = 3, 64
+MAX_COUNT = 100_000  # the largest whole number a rule option takes
 DEFAULT_WINDOW = 40
 DEFAULT_BOOST = 0.1
 MAX_WINDOW = 1000
@@ -206,6 +207,19 @@ class _Loader:
             self.error(node.loc, rule_id, f"{what} must be between {low:g} and {high:g}")
             return None
         return float(value)
+
+    def count(
+        self, node: YNode, what: str, rule_id: str | None, low: int, high: int = MAX_COUNT
+    ) -> int | None:
+        value = node.value if isinstance(node, YScalar) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            got = repr(value) if isinstance(value, float) else describe(node)
+            self.error(node.loc, rule_id, f"{what} must be a whole number, got {got}")
+            return None
+        if not low <= value <= high:
+            self.error(node.loc, rule_id, f"{what} must be between {low} and {high}")
+            return None
+        return value
 
     def text_list(
         self,
@@ -685,19 +699,14 @@ class _Loader:
         key, value = keys["overlap"]
         text = self.string(value, "'overlap'", rule_id)
         reference = None if text is None else self.selector(text, value.loc, rule_id)
-        min_words = float(DEFAULT_MIN_WORDS)
+        min_words: int | None = DEFAULT_MIN_WORDS
         if "min_words" in keys:
-            node = keys["min_words"][1]
-            got = self.number(node, "'min_words'", rule_id, MIN_WORDS, MAX_WORDS)
-            if got is not None and not got.is_integer():
-                self.error(node.loc, rule_id, f"'min_words' must be a whole number, got {got:g}")
-                got = None
-            if got is None:
-                return None
-            min_words = got
-        if reference is None:
+            min_words = self.count(
+                keys["min_words"][1], "'min_words'", rule_id, MIN_WORDS, MAX_WORDS
+            )
+        if reference is None or min_words is None:
             return None
-        return OverlapLeaf(split_selector(reference), int(min_words), fields, key.loc.line)
+        return OverlapLeaf(split_selector(reference), min_words, fields, key.loc.line)
 
     def validator(self, keys: dict[str, tuple[YScalar, YNode]], rule_id: str | None) -> Any:
         """The leaf's validator, None without one, False after an error."""

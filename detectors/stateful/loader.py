@@ -76,7 +76,6 @@ MAX_LATE_BUCKETS = 168
 DETECTORS = ("pattern", "ml", "anomaly", "correlation")
 MODES = ("sliding", "tumbling")
 MAX_WINDOW = 90 * 86400.0
-MAX_COUNT = 100_000
 SCENARIO_START = "2026-01-05T09:00:00Z"  # a Monday, 09:00 UTC
 STATEFUL_UPGRADE = (
     f"this engine reads '{SCHEMA}'; set 'schema: {SCHEMA}' and check the file with "
@@ -102,18 +101,6 @@ class _StatefulLoader(_Loader):
             self.error(node.loc, rule_id, f"{what} must be more than 0 and at most 90d")
             return None
         return seconds
-
-    def count(
-        self, node: YNode, what: str, rule_id: str | None, low: int, high: int = MAX_COUNT
-    ) -> int | None:
-        value = node.value if isinstance(node, YScalar) else None
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.error(node.loc, rule_id, f"{what} must be a whole number, got {describe(node)}")
-            return None
-        if not low <= value <= high:
-            self.error(node.loc, rule_id, f"{what} must be between {low} and {high}")
-            return None
-        return value
 
     def path(self, node: YNode, what: str, rule_id: str | None) -> tuple[str, ...] | None:
         text = self.string(node, what, rule_id)
